@@ -1,0 +1,172 @@
+// Package config reads approvald's configuration from the environment into
+// one struct and validates it, naming the setting in every error.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// Config is every setting of approvald.
+type Config struct {
+	Addr                 string
+	PublicURL            string
+	DatabaseURL          string
+	AllowedOrigins       []string
+	TrustedProxies       []netip.Prefix
+	NumberMatchingAll    bool
+	NumberMatching       map[string]bool
+	NumberMatchingDigits int
+	MaxDevicesPerUser    int
+	CodeFailuresTotal    int
+	DeviceRequestsPerMin int
+	LogFormat            string
+	LogLevel             string
+}
+
+// Setting documents one environment variable; the README's table is
+// written from Settings.
+type Setting struct {
+	Name, Default, Doc string
+}
+
+// Settings lists every environment variable approvald reads.
+var Settings = []Setting{
+	{"APPROVALD_ADDR", ":8080", "Address the HTTP server listens on."},
+	{"APPROVALD_PUBLIC_URL", "http://localhost:8080", "The URL clients reach the service at: the device audience, the result-token issuer, the base of email links."},
+	{"APPROVALD_DATABASE_URL", "sqlite:approvald.db", "`sqlite:PATH` (embedded, the default) or `postgres://...`."},
+	{"APPROVALD_ALLOWED_ORIGINS", "the public URL's origin", "Comma-separated origins allowed to open the watch socket and to call the browser routes (CORS)."},
+	{"APPROVALD_TRUSTED_PROXIES", "(none)", "Comma-separated addresses or CIDR prefixes of reverse proxies whose `X-Forwarded-For` is believed."},
+	{"APPROVALD_NUMBER_MATCHING", "none", "`none`, `all`, or a comma-separated list of actions that always use number matching (`link_device` always does)."},
+	{"APPROVALD_NUMBER_MATCHING_DIGITS", "3", "Digits of the matching number, 3 to 6."},
+	{"APPROVALD_MAX_DEVICES_PER_USER", "1", "Active devices a user may hold; linking one more retires the oldest."},
+	{"APPROVALD_CODE_FAILURES_TOTAL", "1000", "Wrong enrollment codes from all clients in 10 minutes after which every device link is refused until the count falls."},
+	{"APPROVALD_DEVICE_REQUESTS_PER_MINUTE", "120", "Requests a device may make to its challenge list per minute."},
+	{"APPROVALD_LOG_FORMAT", "text", "`text` or `json`."},
+	{"APPROVALD_LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`."},
+}
+
+var actionRE = regexp.MustCompile(`^[a-z][a-z0-9_.-]{0,63}$`)
+
+// Load reads the configuration through getenv (os.Getenv in production)
+// and validates it. The error lists every bad setting.
+func Load(getenv func(string) string) (*Config, error) {
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	get := func(name, def string) string {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			return v
+		}
+		return def
+	}
+	intIn := func(name string, def, lo, hi int) int {
+		s := get(name, strconv.Itoa(def))
+		n, err := strconv.Atoi(s)
+		if err != nil || n < lo || n > hi {
+			bad(name, "must be a whole number from %d to %d, got %q", lo, hi, s)
+			return def
+		}
+		return n
+	}
+	c := &Config{
+		Addr:                 get("APPROVALD_ADDR", ":8080"),
+		PublicURL:            strings.TrimRight(get("APPROVALD_PUBLIC_URL", "http://localhost:8080"), "/"),
+		DatabaseURL:          get("APPROVALD_DATABASE_URL", "sqlite:approvald.db"),
+		NumberMatchingDigits: intIn("APPROVALD_NUMBER_MATCHING_DIGITS", 3, 3, 6),
+		MaxDevicesPerUser:    intIn("APPROVALD_MAX_DEVICES_PER_USER", 1, 1, 100),
+		CodeFailuresTotal:    intIn("APPROVALD_CODE_FAILURES_TOTAL", 1000, 1, 1<<30),
+		DeviceRequestsPerMin: intIn("APPROVALD_DEVICE_REQUESTS_PER_MINUTE", 120, 1, 1<<20),
+		LogFormat:            get("APPROVALD_LOG_FORMAT", "text"),
+		LogLevel:             get("APPROVALD_LOG_LEVEL", "info"),
+	}
+	if _, _, err := splitHostPort(c.Addr); err != nil {
+		bad("APPROVALD_ADDR", "must be host:port or :port, got %q", c.Addr)
+	}
+	pub, err := url.Parse(c.PublicURL)
+	if err != nil || (pub.Scheme != "http" && pub.Scheme != "https") || pub.Host == "" || pub.RawQuery != "" || pub.Fragment != "" {
+		bad("APPROVALD_PUBLIC_URL", "must be an absolute http(s) URL without query, got %q", c.PublicURL)
+	}
+	d := c.DatabaseURL
+	if !strings.HasPrefix(d, "sqlite:") && !strings.HasPrefix(d, "postgres://") && !strings.HasPrefix(d, "postgresql://") {
+		bad("APPROVALD_DATABASE_URL", "must be sqlite:PATH or postgres://..., got a value of another scheme")
+	} else if d == "sqlite:" {
+		bad("APPROVALD_DATABASE_URL", "sqlite: needs a file path")
+	}
+	origins := get("APPROVALD_ALLOWED_ORIGINS", "")
+	if origins == "" && pub != nil {
+		origins = pub.Scheme + "://" + pub.Host
+	}
+	for _, o := range strings.Split(origins, ",") {
+		o = strings.TrimSpace(o)
+		if o == "" {
+			continue
+		}
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+			bad("APPROVALD_ALLOWED_ORIGINS", "%q is not an origin (scheme://host[:port])", o)
+			continue
+		}
+		c.AllowedOrigins = append(c.AllowedOrigins, strings.ToLower(u.Scheme+"://"+u.Host))
+	}
+	for _, p := range strings.Split(get("APPROVALD_TRUSTED_PROXIES", ""), ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if pref, err := netip.ParsePrefix(p); err == nil {
+			c.TrustedProxies = append(c.TrustedProxies, pref.Masked())
+		} else if a, err := netip.ParseAddr(p); err == nil {
+			c.TrustedProxies = append(c.TrustedProxies, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+		} else {
+			bad("APPROVALD_TRUSTED_PROXIES", "%q is neither an address nor a CIDR prefix", p)
+		}
+	}
+	switch nm := get("APPROVALD_NUMBER_MATCHING", "none"); nm {
+	case "none":
+	case "all":
+		c.NumberMatchingAll = true
+	default:
+		c.NumberMatching = map[string]bool{}
+		for _, a := range strings.Split(nm, ",") {
+			a = strings.TrimSpace(a)
+			if !actionRE.MatchString(a) {
+				bad("APPROVALD_NUMBER_MATCHING", "%q is not an action name (want none, all, or actions like login,submit_offer)", a)
+				continue
+			}
+			c.NumberMatching[a] = true
+		}
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("APPROVALD_LOG_FORMAT", "must be text or json, got %q", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("APPROVALD_LOG_LEVEL", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return c, nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	i := strings.LastIndex(addr, ":")
+	if i < 0 {
+		return "", 0, errors.New("no port")
+	}
+	p, err := strconv.Atoi(addr[i+1:])
+	if err != nil || p < 0 || p > 65535 {
+		return "", 0, errors.New("bad port")
+	}
+	return addr[:i], p, nil
+}
