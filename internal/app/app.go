@@ -1,0 +1,190 @@
+// Package app builds every part of approvald from a Config, checks each
+// dependency before listening, runs, and shuts down in reverse order.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/clicktopurchase/approvald/internal/approval"
+	"github.com/clicktopurchase/approvald/internal/auth"
+	"github.com/clicktopurchase/approvald/internal/config"
+	"github.com/clicktopurchase/approvald/internal/httpapi"
+	"github.com/clicktopurchase/approvald/internal/store"
+	"github.com/clicktopurchase/approvald/realtime"
+)
+
+// App is a running approvald instance.
+type App struct {
+	Config  *config.Config
+	Store   *store.Store
+	Service *approval.Service
+	Hub     *realtime.Hub
+	HTTP    *httpapi.Server
+	Log     *slog.Logger
+
+	// SweepInterval is how often overdue challenges are expired (default 250 ms).
+	SweepInterval time.Duration
+}
+
+// Open builds an App: opens and migrates the store, loads the shared
+// secrets, and wires the service, the hub and the HTTP surface.
+func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*App, error) {
+	st, err := store.Open(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("APPROVALD_DATABASE_URL: %w", err)
+	}
+	a, err := New(ctx, cfg, st, log)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// Option adjusts how an App is built.
+type Option func(*options)
+
+type options struct {
+	now func() time.Time
+}
+
+// WithClock makes the App read time from now (tests travel in time).
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// New builds an App on an open store (migrating it first).
+func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Logger, opts ...Option) (*App, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	if err := st.Migrate(ctx); err != nil {
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	keyPEM, err := st.GetOrCreateSecret(ctx, "result_signing_key", auth.GenerateSigningKey)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	signer, err := auth.NewSigner(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	watchKey, err := st.GetOrCreateSecret(ctx, "watch_token_key", func() ([]byte, error) {
+		return []byte(auth.NewSecret("")), nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch key: %w", err)
+	}
+	watch, err := auth.NewWatchTokens(watchKey)
+	if err != nil {
+		return nil, fmt.Errorf("watch key: %w", err)
+	}
+	a := &App{Config: cfg, Store: st, Log: log, SweepInterval: 250 * time.Millisecond}
+	var svc *approval.Service
+	a.Hub = realtime.NewHub(realtime.NewMemoryBroker(), func(ctx context.Context, object string) (realtime.Frame, error) {
+		w, err := svc.Load(ctx, object)
+		if err != nil {
+			return realtime.Frame{}, err
+		}
+		return realtime.Frame{Object: w.Object, Version: w.Version, Final: w.Final, Data: w.Data}, nil
+	}, log)
+	svc = approval.NewService(approval.Deps{Store: st, Signer: signer, Watch: watch, Events: events{a.Hub, log}, Log: log, Now: o.now},
+		approval.Rules{
+			PublicURL: cfg.PublicURL, NumberMatchingAll: cfg.NumberMatchingAll, NumberMatching: cfg.NumberMatching,
+			NumberDigits: cfg.NumberMatchingDigits, MaxDevicesPerUser: cfg.MaxDevicesPerUser,
+			CodeFailuresTotal: cfg.CodeFailuresTotal, DeviceRequestsPerMinute: cfg.DeviceRequestsPerMin,
+		})
+	a.Service = svc
+	a.HTTP = httpapi.New(svc, a.Hub, httpapi.Options{
+		AllowedOrigins: cfg.AllowedOrigins, TrustedProxies: cfg.TrustedProxies, JWKS: signer.JWKS(),
+		Ready: func(ctx context.Context) error {
+			if err := st.Ping(ctx); err != nil {
+				return errors.New("database unreachable")
+			}
+			return nil
+		},
+	}, log)
+	return a, nil
+}
+
+// events adapts the realtime hub to approval.Events.
+type events struct {
+	hub *realtime.Hub
+	log *slog.Logger
+}
+
+func (e events) Publish(ctx context.Context, object string, version int64, final bool, data []byte) {
+	if err := e.hub.Publish(ctx, realtime.Frame{Object: object, Version: version, Final: final, Data: data}); err != nil {
+		e.log.Warn("publish", "object", object, "err", err)
+	}
+}
+
+func (e events) Subscribe(object string) approval.Subscription { return e.hub.Subscribe(object) }
+
+// Serve runs the instance on ln until ctx ends, then shuts down: stop
+// accepting, close sockets with 1001, finish requests in flight, close the
+// store.
+func (a *App) Serve(ctx context.Context, ln net.Listener) error {
+	runCtx, stopRun := context.WithCancel(context.Background())
+	defer stopRun()
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- a.Hub.Run(runCtx) }()
+	sweepDone := make(chan struct{})
+	go func() { defer close(sweepDone); a.sweep(runCtx) }()
+
+	srv := &http.Server{Handler: a.HTTP.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
+		ErrorLog: slog.NewLogLogger(a.Log.Handler(), slog.LevelWarn)}
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Serve(ln) }()
+	a.Log.Info("approvald listening", "addr", ln.Addr().String(), "public_url", a.Config.PublicURL)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-srvDone:
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	go a.Hub.Shutdown(shutCtx)
+	if serr := srv.Shutdown(shutCtx); serr != nil && err == nil {
+		err = serr
+	}
+	a.Hub.Shutdown(shutCtx)
+	stopRun()
+	<-hubDone
+	<-sweepDone
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close releases the store.
+func (a *App) Close() error { return a.Store.Close() }
+
+func (a *App) sweep(ctx context.Context) {
+	t := time.NewTicker(a.SweepInterval)
+	defer t.Stop()
+	lastPurge := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := a.Service.ExpireDue(ctx); err != nil && ctx.Err() == nil {
+			a.Log.Error("sweep", "err", err)
+		}
+		if time.Since(lastPurge) > time.Minute {
+			lastPurge = time.Now()
+			if err := a.Store.Purge(ctx, time.Now()); err != nil && ctx.Err() == nil {
+				a.Log.Error("purge", "err", err)
+			}
+		}
+	}
+}
