@@ -72,8 +72,10 @@ func (s *Service) Load(ctx context.Context, key string) (*Watched, error) {
 		if err != nil {
 			return nil, err
 		}
+		// Final at linking, or at expiry (a late sweeper does not extend
+		// the token's life), or earlier when a newer enrollment ended it.
 		end := e.ExpiresAt
-		if e.EndedAt != nil {
+		if e.EndedAt != nil && (e.Status == EnrollLinked || e.EndedAt.Before(end)) {
 			end = *e.EndedAt
 		}
 		if e.Final() && now.Sub(end) > s.rules.WatchGrace {

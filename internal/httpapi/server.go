@@ -59,7 +59,24 @@ func New(svc *approval.Service, watch Watcher, opts Options, log *slog.Logger) *
 		s.origins[strings.ToLower(o)] = true
 	}
 	s.upgrader = watch.Upgrader(s.originAllowed)
+	s.upgrader.Error = upgradeError
 	return s
+}
+
+// upgradeError answers a handshake the websocket upgrader refuses with a
+// problem, like every other error (gorilla's default is text/plain).
+func upgradeError(w http.ResponseWriter, r *http.Request, status int, reason error) {
+	code := approval.CodeInvalidRequest
+	switch status {
+	case http.StatusForbidden:
+		code = approval.CodeForbidden
+	case http.StatusMethodNotAllowed:
+		code = codeMethodNotAllowed
+	case http.StatusInternalServerError:
+		writeProblem(w, &approval.Error{Code: codeInternal, Detail: "an internal error occurred"})
+		return
+	}
+	writeProblem(w, approval.Errorf(code, "the WebSocket handshake was refused: %v", reason))
 }
 
 // Handler returns the routes wrapped in the common middleware.
