@@ -16,6 +16,8 @@ import (
 	"github.com/clicktopurchase/approvald/internal/config"
 	"github.com/clicktopurchase/approvald/internal/httpapi"
 	"github.com/clicktopurchase/approvald/internal/store"
+	"github.com/clicktopurchase/approvald/push/apns"
+	"github.com/clicktopurchase/approvald/push/fcm"
 	"github.com/clicktopurchase/approvald/realtime"
 )
 
@@ -27,6 +29,7 @@ type App struct {
 	Hub     *realtime.Hub
 	HTTP    *httpapi.Server
 	Log     *slog.Logger
+	Pushers approval.Pushers
 
 	// SweepInterval is how often overdue challenges are expired (default 250 ms).
 	SweepInterval time.Duration
@@ -84,7 +87,11 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 	if err != nil {
 		return nil, fmt.Errorf("watch key: %w", err)
 	}
-	a := &App{Config: cfg, Store: st, Log: log, SweepInterval: 250 * time.Millisecond}
+	pushers, err := openPushers(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	a := &App{Config: cfg, Store: st, Log: log, SweepInterval: 250 * time.Millisecond, Pushers: pushers}
 	var svc *approval.Service
 	a.Hub = realtime.NewHub(realtime.NewMemoryBroker(), func(ctx context.Context, object string) (realtime.Frame, error) {
 		w, err := svc.Load(ctx, object)
@@ -93,7 +100,8 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 		}
 		return realtime.Frame{Object: w.Object, Version: w.Version, Final: w.Final, Data: w.Data}, nil
 	}, log)
-	svc = approval.NewService(approval.Deps{Store: st, Signer: signer, Watch: watch, Events: events{a.Hub, log}, Log: log, Now: o.now},
+	svc = approval.NewService(approval.Deps{Store: st, Signer: signer, Watch: watch, Events: events{a.Hub, log}, Log: log, Now: o.now,
+		Pushers: pushers, PushText: approval.PushText{Titles: cfg.PushTitles, FullContext: cfg.PushFullContext}},
 		approval.Rules{
 			PublicURL: cfg.PublicURL, NumberMatchingAll: cfg.NumberMatchingAll, NumberMatching: cfg.NumberMatching,
 			NumberDigits: cfg.NumberMatchingDigits, MaxDevicesPerUser: cfg.MaxDevicesPerUser,
@@ -110,6 +118,28 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 		},
 	}, log)
 	return a, nil
+}
+
+// openPushers builds the configured push providers; a provider without
+// configuration is off (its devices' pushes are reported failed).
+func openPushers(ctx context.Context, cfg *config.Config) (approval.Pushers, error) {
+	p := approval.Pushers{}
+	if cfg.FCMEnabled() {
+		s, err := fcm.New(ctx, fcm.Config{CredentialsFile: cfg.FCMCredentialsFile, ProjectID: cfg.FCMProjectID, Endpoint: cfg.FCMEndpoint})
+		if err != nil {
+			return nil, err
+		}
+		p["fcm"] = s
+	}
+	if cfg.APNsEnabled() {
+		s, err := apns.New(apns.Config{KeyFile: cfg.APNsKeyFile, KeyID: cfg.APNsKeyID, TeamID: cfg.APNsTeamID,
+			Topic: cfg.APNsTopic, CertFile: cfg.APNsCertFile, Endpoint: cfg.APNsEndpoint})
+		if err != nil {
+			return nil, err
+		}
+		p["apns"] = s
+	}
+	return p, nil
 }
 
 // events adapts the realtime hub to approval.Events.
@@ -155,6 +185,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 		err = serr
 	}
 	a.Hub.Shutdown(shutCtx)
+	a.Service.Close()
 	stopRun()
 	<-hubDone
 	<-sweepDone

@@ -168,6 +168,19 @@ func (s *Service) CreateChallenge(ctx context.Context, a Actor, scope, idemKey s
 	}
 	if !replayed {
 		s.publishChallenge(ctx, stored)
+		if len(devices) > 0 {
+			state, pushed := s.pushChallenge(stored, devices)
+			if state != stored.DeliveryPush || pushed != stored.PushDevices {
+				if updated, err := s.store.SetDelivery(ctx, stored.ID, state, pushed, ""); err != nil {
+					s.log.Error("record delivery", "challenge", stored.ID, "err", err)
+				} else {
+					stored = updated
+					if !stored.Final() {
+						s.publishChallenge(ctx, stored)
+					}
+				}
+			}
+		}
 		if req.UserEmail != "" {
 			if err := s.store.SetUserEmail(ctx, req.UserID, req.UserEmail, now); err != nil {
 				s.log.Warn("remember user email", "err", err)
@@ -243,7 +256,36 @@ func (s *Service) getChallenge(ctx context.Context, id string) (*Challenge, erro
 	if err != nil {
 		return nil, internal("get challenge", err)
 	}
+	if c.Status == StatusPending && !c.ExpiresAt.After(s.clock()) {
+		// Past its time: expire it now rather than show pending until the
+		// sweeper comes by (the same conditional update; one wins).
+		if done, err := s.expire(ctx, c); err == nil {
+			return done, nil
+		} else if !isLost(err) {
+			return nil, err
+		}
+		return s.store.GetChallenge(ctx, id)
+	}
 	return c, nil
+}
+
+// expire moves an overdue pending challenge to expired and tells watchers.
+func (s *Service) expire(ctx context.Context, c *Challenge) (*Challenge, error) {
+	now := s.clock()
+	tok, err := s.resultToken(c, StatusExpired, "", now)
+	if err != nil {
+		return nil, err
+	}
+	done, err := s.store.Expire(ctx, c.ID, tok, now, system.audit("challenge.expired", "challenge", c.ID, c.UserID, now))
+	if err != nil {
+		if isLost(err) || errors.Is(err, ErrNotFound) {
+			return nil, ErrLost
+		}
+		return nil, internal("expire", err)
+	}
+	s.publishChallenge(ctx, done)
+	s.pushResolved(ctx, done)
+	return done, nil
 }
 
 // CancelChallenge cancels a pending challenge for the RP.
@@ -293,6 +335,7 @@ func (s *Service) finish(ctx context.Context, c *Challenge, d Decision) (*Challe
 		return nil, internal("decide", err)
 	}
 	s.publishChallenge(ctx, done)
+	s.pushResolved(ctx, done)
 	return done, nil
 }
 
@@ -438,19 +481,9 @@ func (s *Service) ExpireDue(ctx context.Context) error {
 		return internal("due challenges", err)
 	}
 	for i := range due {
-		c := &due[i]
-		tok, err := s.resultToken(c, StatusExpired, "", now)
-		if err != nil {
+		if _, err := s.expire(ctx, &due[i]); err != nil && !isLost(err) {
 			return err
 		}
-		done, err := s.store.Expire(ctx, c.ID, tok, now, system.audit("challenge.expired", "challenge", c.ID, c.UserID, now))
-		if isLost(err) {
-			continue
-		}
-		if err != nil {
-			return internal("expire", err)
-		}
-		s.publishChallenge(ctx, done)
 	}
 	ens, err := s.store.DueEnrollments(ctx, now, 500)
 	if err != nil {

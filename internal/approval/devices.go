@@ -10,6 +10,7 @@ import (
 
 	"github.com/clicktopurchase/approvald/internal/auth"
 	"github.com/clicktopurchase/approvald/internal/jws"
+	"github.com/clicktopurchase/approvald/push"
 )
 
 // CreateEnrollmentRequest is the body of POST /v1/enrollments.
@@ -149,12 +150,28 @@ func validPush(p PushRegistration) error {
 func (s *Service) LinkDevice(ctx context.Context, ip string, req LinkDeviceRequest) (*LinkedDevice, error) {
 	now := s.clock()
 	ipKey := IPKey(ip)
-	perIP, total, err := s.store.CodeFailures(ctx, ipKey, now.Add(-s.rules.CodeWindow))
+	// The attempt is counted as a failed code before the code is looked at,
+	// in the same step as the limit check, so that concurrent guesses cannot
+	// all pass a limit that none of them has reached yet. Every outcome but
+	// a wrong, used or expired code gives the count back.
+	claim, ok, err := s.store.ClaimCodeAttempt(ctx, ipKey, now, now.Add(-s.rules.CodeWindow), s.rules.CodeFailuresPerIP, s.rules.CodeFailuresTotal)
 	if err != nil {
 		return nil, internal("code failures", err)
 	}
-	if perIP >= s.rules.CodeFailuresPerIP || total > s.rules.CodeFailuresTotal {
+	if !ok {
 		return nil, rateLimited("too many wrong enrollment codes; try again later", s.rules.CodeWindow)
+	}
+	failed := false
+	defer func() {
+		if !failed {
+			if err := s.store.ReleaseCodeAttempt(context.WithoutCancel(ctx), claim); err != nil {
+				s.log.Error("release code attempt", "err", err)
+			}
+		}
+	}()
+	wrongCode := func() error {
+		failed = true
+		return Errorf(CodeInvalidCode, "the code is wrong, used or expired")
 	}
 	if !printable(req.Name, 64) {
 		return nil, invalid("name must be 1 to 64 printable characters")
@@ -183,20 +200,20 @@ func (s *Service) LinkDevice(ctx context.Context, ip string, req LinkDeviceReque
 	}
 	code, ok := auth.NormalizeCode(req.Code)
 	if !ok {
-		return nil, s.codeFailure(ctx, ipKey, now)
+		return nil, wrongCode()
 	}
 	if proofCode != code {
 		return nil, invalid("the proof's code does not match the code")
 	}
 	e, err := s.store.EnrollmentByCodeHash(ctx, auth.HashSecret(code))
 	if errors.Is(err, ErrNotFound) {
-		return nil, s.codeFailure(ctx, ipKey, now)
+		return nil, wrongCode()
 	}
 	if err != nil {
 		return nil, internal("find enrollment", err)
 	}
 	if e.Status != EnrollPending || !e.ExpiresAt.After(now) {
-		return nil, s.codeFailure(ctx, ipKey, now)
+		return nil, wrongCode()
 	}
 	jwk := jws.JWKFromPublicKey(pub)
 	keyJSON, _ := json.Marshal(jwk)
@@ -218,19 +235,14 @@ func (s *Service) LinkDevice(ctx context.Context, ip string, req LinkDeviceReque
 		}
 		return nil, Errorf(CodeInvalidCode, "the code is wrong, used or expired")
 	case isLost(err):
-		return nil, s.codeFailure(ctx, ipKey, now)
+		return nil, wrongCode()
 	case err != nil:
 		return nil, internal("link device", err)
 	}
 	s.publishEnrollment(ctx, res.Enrollment)
+	// The retired devices hear it first, then stop receiving pushes.
+	s.pushSilent(res.Retired, push.Message{Kind: push.KindRetired})
 	return &LinkedDevice{DeviceID: dev.ID, UserID: dev.UserID, Audience: s.rules.PublicURL}, nil
-}
-
-func (s *Service) codeFailure(ctx context.Context, ipKey string, now time.Time) error {
-	if err := s.store.RecordCodeFailure(ctx, ipKey, now); err != nil {
-		s.log.Error("record code failure", "err", err)
-	}
-	return Errorf(CodeInvalidCode, "the code is wrong, used or expired")
 }
 
 // deviceKeys is the key lookup for device JWS verification; it keeps the

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -104,6 +105,12 @@ type Service struct {
 	events Events
 	log    *slog.Logger
 	now    func() time.Time
+
+	pushers  Pushers
+	pushText PushText
+	bg       sync.WaitGroup // background work: push retries
+	bgCtx    context.Context
+	bgStop   context.CancelFunc
 }
 
 // Deps are what a Service is built from.
@@ -114,6 +121,9 @@ type Deps struct {
 	Events Events
 	Log    *slog.Logger
 	Now    func() time.Time // for tests; time.Now by default
+	// Pushers are the configured push providers; PushText what pushes say.
+	Pushers  Pushers
+	PushText PushText
 }
 
 // NewService builds a Service.
@@ -125,7 +135,10 @@ func NewService(d Deps, r Rules) *Service {
 	if d.Log == nil {
 		d.Log = slog.Default()
 	}
-	return &Service{store: d.Store, rules: r, signer: d.Signer, watch: d.Watch, events: d.Events, log: d.Log, now: d.Now}
+	s := &Service{store: d.Store, rules: r, signer: d.Signer, watch: d.Watch, events: d.Events, log: d.Log, now: d.Now,
+		pushers: d.Pushers, pushText: d.PushText}
+	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
+	return s
 }
 
 // Rules returns the rules in force (defaults filled in).
@@ -141,6 +154,9 @@ type Actor struct {
 	Type string // ActorAPIKey, ActorDevice, ActorLink, ActorSystem
 	Name string // API key name, device id, ...
 	IP   string
+	// KeyID is the API key's id (for ActorAPIKey): the scope of
+	// idempotency keys, which a later key of the same name must not share.
+	KeyID string
 }
 
 func (a Actor) audit(event, objType, objID, userID string, at time.Time) AuditEntry {

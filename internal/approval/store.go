@@ -157,7 +157,8 @@ type Store interface {
 	// (oldest first).
 	PendingChallenges(ctx context.Context, userID string, now time.Time) ([]Challenge, error)
 	// SetDelivery records delivery.push (and the number of devices pushed
-	// to) or delivery.email; "" leaves a field alone. Version+1.
+	// to, unless pushDevices < 0) or delivery.email; "" leaves a field
+	// alone. Version+1.
 	SetDelivery(ctx context.Context, id, push string, pushDevices int, email string) (*Challenge, error)
 
 	// Replay cache: Remember returns false if (iss, jti) was already seen.
@@ -166,6 +167,14 @@ type Store interface {
 	// Failed enrollment codes, counted per IP key and overall.
 	RecordCodeFailure(ctx context.Context, ipKey string, at time.Time) error
 	CodeFailures(ctx context.Context, ipKey string, since time.Time) (perIP, total int, err error)
+	// ClaimCodeAttempt counts one code attempt from ipKey at at as a
+	// failure, unless ipKey already has perIPMax failures at or after since
+	// or everyone together more than totalMax (ok false, nothing written).
+	// The check and the count are one step for all callers, so concurrent
+	// guesses cannot pass the limit together. ReleaseCodeAttempt(id) undoes
+	// the claim of an attempt that turned out not to be a failure.
+	ClaimCodeAttempt(ctx context.Context, ipKey string, at, since time.Time, perIPMax, totalMax int) (id int64, ok bool, err error)
+	ReleaseCodeAttempt(ctx context.Context, id int64) error
 	// Hit counts one event in a fixed window for key and returns the count
 	// in the current window (per-device request limits).
 	Hit(ctx context.Context, key string, window time.Duration, now time.Time) (int, error)

@@ -27,7 +27,25 @@ type Config struct {
 	DeviceRequestsPerMin int
 	LogFormat            string
 	LogLevel             string
+
+	FCMCredentialsFile string
+	FCMProjectID       string
+	FCMEndpoint        string
+	APNsKeyFile        string
+	APNsKeyID          string
+	APNsTeamID         string
+	APNsTopic          string
+	APNsCertFile       string
+	APNsEndpoint       string
+	PushFullContext    bool
+	PushTitles         map[string]string
 }
+
+// FCMEnabled reports whether FCM is configured (credentials or a fake's endpoint).
+func (c *Config) FCMEnabled() bool { return c.FCMCredentialsFile != "" || c.FCMEndpoint != "" }
+
+// APNsEnabled reports whether APNs is configured (a .p8 key or a certificate).
+func (c *Config) APNsEnabled() bool { return c.APNsKeyFile != "" || c.APNsCertFile != "" }
 
 // Setting documents one environment variable; the README's table is
 // written from Settings.
@@ -47,6 +65,17 @@ var Settings = []Setting{
 	{"APPROVALD_MAX_DEVICES_PER_USER", "1", "Active devices a user may hold; linking one more retires the oldest."},
 	{"APPROVALD_CODE_FAILURES_TOTAL", "1000", "Wrong enrollment codes from all clients in 10 minutes after which every device link is refused until the count falls."},
 	{"APPROVALD_DEVICE_REQUESTS_PER_MINUTE", "120", "Requests a device may make to its challenge list per minute."},
+	{"APPROVALD_FCM_CREDENTIALS_FILE", "(none)", "Firebase service-account JSON; FCM is off without it (unless `APPROVALD_FCM_ENDPOINT` is set)."},
+	{"APPROVALD_FCM_PROJECT_ID", "from the credentials file", "Firebase project id."},
+	{"APPROVALD_FCM_ENDPOINT", "Google's servers", "Override of the FCM base URL, e.g. `http://127.0.0.1:9099/v1` for a fake; without a credentials file it then sends unauthenticated."},
+	{"APPROVALD_APNS_KEY_FILE", "(none)", "APNs token-auth key (.p8); APNs is off without it or a certificate."},
+	{"APPROVALD_APNS_KEY_ID", "(none)", "Key id of the .p8 key."},
+	{"APPROVALD_APNS_TEAM_ID", "(none)", "Apple developer team id."},
+	{"APPROVALD_APNS_TOPIC", "(none)", "The app's bundle id."},
+	{"APPROVALD_APNS_CERT_FILE", "(none)", "PEM certificate and key, the alternative to a .p8 key."},
+	{"APPROVALD_APNS_ENDPOINT", "production", "`production`, `development`, or a URL (a fake)."},
+	{"APPROVALD_PUSH_CONTEXT", "action", "`action`: pushes name the action only; `full`: they also carry the context values (which then pass through Google's and Apple's servers)."},
+	{"APPROVALD_PUSH_TITLES", "(built in)", "Per-action push titles, `action=Title` pairs separated by `;`, e.g. `login=Sign in to clicktopurchase?`."},
 	{"APPROVALD_LOG_FORMAT", "text", "`text` or `json`."},
 	{"APPROVALD_LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`."},
 }
@@ -85,6 +114,43 @@ func Load(getenv func(string) string) (*Config, error) {
 		DeviceRequestsPerMin: intIn("APPROVALD_DEVICE_REQUESTS_PER_MINUTE", 120, 1, 1<<20),
 		LogFormat:            get("APPROVALD_LOG_FORMAT", "text"),
 		LogLevel:             get("APPROVALD_LOG_LEVEL", "info"),
+	}
+	c.FCMCredentialsFile = get("APPROVALD_FCM_CREDENTIALS_FILE", "")
+	c.FCMProjectID = get("APPROVALD_FCM_PROJECT_ID", "")
+	c.FCMEndpoint = get("APPROVALD_FCM_ENDPOINT", "")
+	if c.FCMEndpoint != "" {
+		if u, err := url.Parse(c.FCMEndpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("APPROVALD_FCM_ENDPOINT", "must be an http(s) URL, got %q", c.FCMEndpoint)
+		}
+	}
+	c.APNsKeyFile = get("APPROVALD_APNS_KEY_FILE", "")
+	c.APNsKeyID = get("APPROVALD_APNS_KEY_ID", "")
+	c.APNsTeamID = get("APPROVALD_APNS_TEAM_ID", "")
+	c.APNsTopic = get("APPROVALD_APNS_TOPIC", "")
+	c.APNsCertFile = get("APPROVALD_APNS_CERT_FILE", "")
+	c.APNsEndpoint = get("APPROVALD_APNS_ENDPOINT", "production")
+	if c.APNsKeyFile != "" && c.APNsCertFile != "" {
+		bad("APPROVALD_APNS_CERT_FILE", "set either APPROVALD_APNS_KEY_FILE or APPROVALD_APNS_CERT_FILE, not both")
+	}
+	switch pc := get("APPROVALD_PUSH_CONTEXT", "action"); pc {
+	case "action":
+	case "full":
+		c.PushFullContext = true
+	default:
+		bad("APPROVALD_PUSH_CONTEXT", "must be action or full, got %q", pc)
+	}
+	c.PushTitles = map[string]string{}
+	for _, pair := range strings.Split(get("APPROVALD_PUSH_TITLES", ""), ";") {
+		if strings.TrimSpace(pair) == "" {
+			continue
+		}
+		a, title, ok := strings.Cut(pair, "=")
+		a, title = strings.TrimSpace(a), strings.TrimSpace(title)
+		if !ok || !actionRE.MatchString(a) || title == "" || len(title) > 100 {
+			bad("APPROVALD_PUSH_TITLES", "%q is not action=Title (a title of 1 to 100 characters)", pair)
+			continue
+		}
+		c.PushTitles[a] = title
 	}
 	if _, _, err := splitHostPort(c.Addr); err != nil {
 		bad("APPROVALD_ADDR", "must be host:port or :port, got %q", c.Addr)

@@ -60,6 +60,9 @@ func TestEveryBadValueIsNamed(t *testing.T) {
 		"APPROVALD_MAX_DEVICES_PER_USER":   "0",
 		"APPROVALD_LOG_FORMAT":             "xml",
 		"APPROVALD_LOG_LEVEL":              "loud",
+		"APPROVALD_FCM_ENDPOINT":           "not a url",
+		"APPROVALD_PUSH_CONTEXT":           "everything",
+		"APPROVALD_PUSH_TITLES":            "login",
 	}
 	_, err := Load(env(bad))
 	if err == nil {
@@ -69,5 +72,26 @@ func TestEveryBadValueIsNamed(t *testing.T) {
 		if !strings.Contains(err.Error(), name+":") {
 			t.Errorf("error does not name %s:\n%v", name, err)
 		}
+	}
+}
+
+func TestPushSettings(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"APPROVALD_FCM_ENDPOINT":  "http://127.0.0.1:9099/v1",
+		"APPROVALD_APNS_KEY_FILE": "/k.p8",
+		"APPROVALD_PUSH_CONTEXT":  "full",
+		"APPROVALD_PUSH_TITLES":   "login=Sign in?; submit_offer=Send your offer?",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.FCMEnabled() || !c.APNsEnabled() || !c.PushFullContext || c.APNsEndpoint != "production" {
+		t.Fatalf("push settings: %+v", c)
+	}
+	if c.PushTitles["login"] != "Sign in?" || c.PushTitles["submit_offer"] != "Send your offer?" {
+		t.Fatalf("titles: %v", c.PushTitles)
+	}
+	if _, err := Load(env(map[string]string{"APPROVALD_APNS_KEY_FILE": "/k.p8", "APPROVALD_APNS_CERT_FILE": "/c.pem"})); err == nil || !strings.Contains(err.Error(), "APPROVALD_APNS_CERT_FILE") {
+		t.Fatalf("both APNs credentials accepted: %v", err)
 	}
 }

@@ -157,7 +157,7 @@ func (s *Server) createChallenge(w http.ResponseWriter, r *http.Request, a appro
 		writeError(w, r, s.log, err)
 		return
 	}
-	cc, err := s.svc.CreateChallenge(r.Context(), a, a.Name, r.Header.Get("Idempotency-Key"), req)
+	cc, err := s.svc.CreateChallenge(r.Context(), a, a.KeyID, r.Header.Get("Idempotency-Key"), req)
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return

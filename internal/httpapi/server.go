@@ -333,7 +333,7 @@ func (s *Server) rpAuth(h func(http.ResponseWriter, *http.Request, approval.Acto
 			writeError(w, r, s.log, err)
 			return
 		}
-		h(w, r, approval.Actor{Type: approval.ActorAPIKey, Name: k.Name, IP: s.clientIP(r)})
+		h(w, r, approval.Actor{Type: approval.ActorAPIKey, Name: k.Name, KeyID: k.ID, IP: s.clientIP(r)})
 	})
 }
 

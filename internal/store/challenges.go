@@ -314,8 +314,12 @@ func (s *Store) SetDelivery(ctx context.Context, id, push string, pushDevices in
 		args []any
 	)
 	if push != "" {
-		set = append(set, "delivery_push = ?", "push_devices = ?")
-		args = append(args, push, pushDevices)
+		set = append(set, "delivery_push = ?")
+		args = append(args, push)
+		if pushDevices >= 0 {
+			set = append(set, "push_devices = ?")
+			args = append(args, pushDevices)
+		}
 	}
 	if email != "" {
 		set = append(set, "delivery_email = ?")

@@ -210,6 +210,56 @@ func (s *Store) CodeFailures(ctx context.Context, ipKey string, since time.Time)
 	return perIP, total, nil
 }
 
+// ClaimCodeAttempt counts one enrollment-code attempt from ipKey at at as a
+// failure and returns its id, unless ipKey already has perIPMax failures at
+// or after since, or all clients together more than totalMax: then ok is
+// false and nothing is written. Check and insert run under one lock for
+// every instance (PostgreSQL advisory lock; SQLite write transactions are
+// serialised), so concurrent attempts cannot pass the limit together.
+func (s *Store) ClaimCodeAttempt(ctx context.Context, ipKey string, at, since time.Time, perIPMax, totalMax int) (int64, bool, error) {
+	var (
+		id int64
+		ok bool
+	)
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		id, ok = 0, false
+		if s.dialect == Postgres {
+			if _, err := tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('approvald.code_attempts', 0))"); err != nil {
+				return err
+			}
+		}
+		var perIP, total int
+		if err := tx.QueryRowxContext(ctx, s.q(`SELECT
+			(SELECT COUNT(*) FROM code_failures WHERE ip_key = ? AND at >= ?),
+			(SELECT COUNT(*) FROM code_failures WHERE at >= ?)`), ipKey, ms(since), ms(since)).Scan(&perIP, &total); err != nil {
+			return err
+		}
+		if perIP >= perIPMax || total > totalMax {
+			return nil
+		}
+		if err := tx.GetContext(ctx, &id, s.q(`INSERT INTO code_failures (ip_key, at) VALUES (?, ?) RETURNING id`), ipKey, ms(at)); err != nil {
+			return err
+		}
+		ok = true
+		return nil
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("store: claim code attempt: %w", err)
+	}
+	return id, ok, nil
+}
+
+// ReleaseCodeAttempt removes the failure a claim counted; an unknown id is
+// not an error.
+func (s *Store) ReleaseCodeAttempt(ctx context.Context, id int64) error {
+	return s.inTx(ctx, func(tx *sqlx.Tx) error {
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM code_failures WHERE id = ?`), id); err != nil {
+			return fmt.Errorf("store: release code attempt: %w", err)
+		}
+		return nil
+	})
+}
+
 // Hit counts one event for key in the fixed window (of length window,
 // aligned to the unix epoch) that contains now, and returns the window's
 // count so far.
