@@ -15,7 +15,9 @@ import (
 	"github.com/clicktopurchase/approvald/internal/auth"
 	"github.com/clicktopurchase/approvald/internal/config"
 	"github.com/clicktopurchase/approvald/internal/httpapi"
+	"github.com/clicktopurchase/approvald/internal/mail"
 	"github.com/clicktopurchase/approvald/internal/store"
+	"github.com/clicktopurchase/approvald/internal/web"
 	"github.com/clicktopurchase/approvald/push/apns"
 	"github.com/clicktopurchase/approvald/push/fcm"
 	"github.com/clicktopurchase/approvald/realtime"
@@ -30,6 +32,8 @@ type App struct {
 	HTTP    *httpapi.Server
 	Log     *slog.Logger
 	Pushers approval.Pushers
+	// DevMail keeps the mails when no SMTP server is configured.
+	DevMail *mail.Dev
 
 	// SweepInterval is how often overdue challenges are expired (default 250 ms).
 	SweepInterval time.Duration
@@ -91,7 +95,18 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 	if err != nil {
 		return nil, err
 	}
+	var sender mail.Sender
+	if cfg.SMTPURL != "" {
+		if sender, err = mail.NewSMTP(cfg.SMTPURL, cfg.MailFrom); err != nil {
+			return nil, err
+		}
+	}
 	a := &App{Config: cfg, Store: st, Log: log, SweepInterval: 250 * time.Millisecond, Pushers: pushers}
+	if sender == nil {
+		a.DevMail = mail.NewDev(log, 50)
+		sender = a.DevMail
+	}
+	m := &mailer{sender: sender, brand: cfg.Brand}
 	var svc *approval.Service
 	a.Hub = realtime.NewHub(realtime.NewMemoryBroker(), func(ctx context.Context, object string) (realtime.Frame, error) {
 		w, err := svc.Load(ctx, object)
@@ -101,13 +116,14 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 		return realtime.Frame{Object: w.Object, Version: w.Version, Final: w.Final, Data: w.Data}, nil
 	}, log)
 	svc = approval.NewService(approval.Deps{Store: st, Signer: signer, Watch: watch, Events: events{a.Hub, log}, Log: log, Now: o.now,
-		Pushers: pushers, PushText: approval.PushText{Titles: cfg.PushTitles, FullContext: cfg.PushFullContext}},
+		Pushers: pushers, PushText: approval.PushText{Titles: cfg.PushTitles, FullContext: cfg.PushFullContext}, Mailer: m},
 		approval.Rules{
 			PublicURL: cfg.PublicURL, NumberMatchingAll: cfg.NumberMatchingAll, NumberMatching: cfg.NumberMatching,
 			NumberDigits: cfg.NumberMatchingDigits, MaxDevicesPerUser: cfg.MaxDevicesPerUser,
 			CodeFailuresTotal: cfg.CodeFailuresTotal, DeviceRequestsPerMinute: cfg.DeviceRequestsPerMin,
 		})
 	a.Service = svc
+	m.title = svc.ActionTitle
 	a.HTTP = httpapi.New(svc, a.Hub, httpapi.Options{
 		AllowedOrigins: cfg.AllowedOrigins, TrustedProxies: cfg.TrustedProxies, JWKS: signer.JWKS(),
 		Ready: func(ctx context.Context) error {
@@ -117,6 +133,7 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 			return nil
 		},
 	}, log)
+	a.HTTP.Register(web.New(svc, cfg.Brand, log, a.HTTP.ClientIP).Register)
 	return a, nil
 }
 

@@ -387,8 +387,12 @@ func (s *Service) Decide(ctx context.Context, pathID, response, ip string) (*Dec
 		}
 	}
 	fraud := status == StatusDenied && claims.Fraud
-	done, err := s.finish(ctx, c, Decision{ID: c.ID, Status: status, Method: MethodPush, DeviceID: dev.ID,
-		Fraud: fraud, At: now, Audit: a.audit("challenge."+status, "challenge", c.ID, c.UserID, now)})
+	d := Decision{ID: c.ID, Status: status, Method: MethodPush, DeviceID: dev.ID,
+		Fraud: fraud, At: now, Audit: a.audit("challenge."+status, "challenge", c.ID, c.UserID, now)}
+	if fraud {
+		d.LockUntil = now.Add(s.rules.FraudLock)
+	}
+	done, err := s.finish(ctx, c, d)
 	if isLost(err) {
 		return nil, s.lostAnswer(ctx, c.ID)
 	}
@@ -396,7 +400,7 @@ func (s *Service) Decide(ctx context.Context, pathID, response, ip string) (*Dec
 		return nil, err
 	}
 	if fraud {
-		s.fraudReported(ctx, a, done)
+		s.fraudReported(ctx, a, done.UserID, done.ID)
 	}
 	return &DecisionResult{ID: done.ID, Status: done.Status}, nil
 }
@@ -448,16 +452,15 @@ func (a Actor) deviceID() string {
 	return ""
 }
 
-// fraudReported locks the user and cancels every other pending challenge.
-func (s *Service) fraudReported(ctx context.Context, a Actor, c *Challenge) {
+// fraudReported records a fraud report (the lock itself was written with
+// the report's own change) and cancels every other pending challenge of
+// the user, with the usual frames and resolved pushes.
+func (s *Service) fraudReported(ctx context.Context, a Actor, userID, objectID string) {
 	now := s.clock()
-	if err := s.store.LockUser(ctx, c.UserID, now.Add(s.rules.FraudLock)); err != nil {
-		s.log.Error("lock user after fraud report", "err", err)
-	}
-	if err := s.store.Audit(ctx, a.audit("fraud.reported", "challenge", c.ID, c.UserID, now)); err != nil {
+	if err := s.store.Audit(ctx, a.audit("fraud.reported", "user", objectID, userID, now)); err != nil {
 		s.log.Error("audit fraud report", "err", err)
 	}
-	pending, err := s.store.PendingChallenges(ctx, c.UserID, now)
+	pending, err := s.store.PendingChallenges(ctx, userID, now)
 	if err != nil {
 		s.log.Error("list pending after fraud report", "err", err)
 		return

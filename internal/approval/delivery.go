@@ -37,7 +37,9 @@ const PushBudget = 2 * time.Second
 // pushAttemptTimeout bounds one provider call.
 const pushAttemptTimeout = 10 * time.Second
 
-func (s *Service) pushTitle(action string) string {
+// ActionTitle is the question a push (and an email) asks for action,
+// e.g. "Approve your offer?".
+func (s *Service) ActionTitle(action string) string {
 	if t := s.pushText.Titles[action]; t != "" {
 		return t
 	}
@@ -94,7 +96,7 @@ func (s *Service) pushChallenge(c *Challenge, devices []Device) (state string, p
 	if len(devices) == 0 {
 		return DeliveryNoDevice, 0
 	}
-	msg := push.Message{Kind: push.KindChallenge, ChallengeID: c.ID, Action: c.Action, Title: s.pushTitle(c.Action),
+	msg := push.Message{Kind: push.KindChallenge, ChallengeID: c.ID, Action: c.Action, Title: s.ActionTitle(c.Action),
 		Body: s.pushBody(c), ExpiresAt: c.ExpiresAt, NumberMatching: c.Number != ""}
 	run := &deliveryRun{firstDone: make(chan struct{})}
 	polling := false

@@ -145,10 +145,11 @@ type APIKey struct {
 
 // Actor types in the audit log.
 const (
-	ActorAPIKey = "api_key"
-	ActorDevice = "device"
-	ActorLink   = "link"
-	ActorSystem = "system"
+	ActorAPIKey  = "api_key"
+	ActorDevice  = "device"
+	ActorLink    = "link"
+	ActorBrowser = "browser" // the waiting page, with its watch token
+	ActorSystem  = "system"
 )
 
 // AuditEntry is one state change: who, what, when, from where.
@@ -162,4 +163,22 @@ type AuditEntry struct {
 	UserID     string
 	IP         string
 	Detail     json.RawMessage
+}
+
+// Email link kinds.
+const (
+	LinkChallenge = "challenge" // approves (or reports) a challenge
+	LinkDevice    = "device"    // "This wasn't me" for a newly linked device
+)
+
+// EmailLink is a single-use link mailed to a user; only its hash is stored.
+type EmailLink struct {
+	Hash        string
+	Kind        string
+	ChallengeID string
+	DeviceID    string
+	UserID      string
+	CreatedAt   time.Time
+	ExpiresAt   time.Time // a challenge link dies with its challenge instead
+	UsedAt      *time.Time
 }

@@ -108,6 +108,7 @@ type Service struct {
 
 	pushers  Pushers
 	pushText PushText
+	mailer   Mailer
 	bg       sync.WaitGroup // background work: push retries
 	bgCtx    context.Context
 	bgStop   context.CancelFunc
@@ -124,6 +125,8 @@ type Deps struct {
 	// Pushers are the configured push providers; PushText what pushes say.
 	Pushers  Pushers
 	PushText PushText
+	// Mailer sends the email link and the new-device notice.
+	Mailer Mailer
 }
 
 // NewService builds a Service.
@@ -136,7 +139,7 @@ func NewService(d Deps, r Rules) *Service {
 		d.Log = slog.Default()
 	}
 	s := &Service{store: d.Store, rules: r, signer: d.Signer, watch: d.Watch, events: d.Events, log: d.Log, now: d.Now,
-		pushers: d.Pushers, pushText: d.PushText}
+		pushers: d.Pushers, pushText: d.PushText, mailer: d.Mailer}
 	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
 	return s
 }

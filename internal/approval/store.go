@@ -55,6 +55,13 @@ type Decision struct {
 	ResultToken string
 	At          time.Time
 	Audit       AuditEntry
+	// LockUntil, for a fraud report: the user is locked until then in the
+	// same transaction.
+	LockUntil time.Time
+	// LinkHash, for a decision by email link: the link is used up in the
+	// same transaction, and the decision is refused (ErrLost) if it was
+	// used already.
+	LinkHash string
 }
 
 // Link is the atomic linking of a device through an enrollment.
@@ -160,6 +167,19 @@ type Store interface {
 	// to, unless pushDevices < 0) or delivery.email; "" leaves a field
 	// alone. Version+1.
 	SetDelivery(ctx context.Context, id, push string, pushDevices int, email string) (*Challenge, error)
+
+	// Email links. RequestEmail, in one transaction: counts one more email
+	// on a pending, unexpired challenge with fewer than maxEmails sent
+	// (ErrLost otherwise), moves expires_at to the later of itself and
+	// newExpiry, sets delivery_email to "sending", and stores link.
+	RequestEmail(ctx context.Context, id string, link EmailLink, newExpiry time.Time, maxEmails int, audit AuditEntry) (*Challenge, error)
+	CreateEmailLink(ctx context.Context, link EmailLink) error
+	GetEmailLink(ctx context.Context, hash string) (*EmailLink, error)
+	// UndoDeviceLink, in one transaction: uses up a device link (ErrLost
+	// if used or expired), removes its device if still active, reactivates
+	// the devices whose retirement that device's linking caused, and locks
+	// the user until lockUntil (when not zero).
+	UndoDeviceLink(ctx context.Context, hash string, at, lockUntil time.Time, audit AuditEntry) (removed *Device, reactivated []Device, err error)
 
 	// Replay cache: Remember returns false if (iss, jti) was already seen.
 	RememberJTI(ctx context.Context, iss, jti string, expiresAt time.Time) (bool, error)

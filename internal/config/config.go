@@ -39,6 +39,9 @@ type Config struct {
 	APNsEndpoint       string
 	PushFullContext    bool
 	PushTitles         map[string]string
+	SMTPURL            string
+	MailFrom           string
+	Brand              string
 }
 
 // FCMEnabled reports whether FCM is configured (credentials or a fake's endpoint).
@@ -76,6 +79,9 @@ var Settings = []Setting{
 	{"APPROVALD_APNS_ENDPOINT", "production", "`production`, `development`, or a URL (a fake)."},
 	{"APPROVALD_PUSH_CONTEXT", "action", "`action`: pushes name the action only; `full`: they also carry the context values (which then pass through Google's and Apple's servers)."},
 	{"APPROVALD_PUSH_TITLES", "(built in)", "Per-action push titles, `action=Title` pairs separated by `;`, e.g. `login=Sign in to clicktopurchase?`."},
+	{"APPROVALD_SMTP_URL", "(none)", "`smtp://user:pass@host:port` (STARTTLS when offered) or `smtps://...` (TLS from the start). Without it mails go to the log and the development mailbox."},
+	{"APPROVALD_MAIL_FROM", "approvald <no-reply@localhost>", "The From address of mails."},
+	{"APPROVALD_BRAND", "clicktopurchase", "The name in mail subjects and pages."},
 	{"APPROVALD_LOG_FORMAT", "text", "`text` or `json`."},
 	{"APPROVALD_LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`."},
 }
@@ -151,6 +157,12 @@ func Load(getenv func(string) string) (*Config, error) {
 			continue
 		}
 		c.PushTitles[a] = title
+	}
+	c.SMTPURL = get("APPROVALD_SMTP_URL", "")
+	c.MailFrom = get("APPROVALD_MAIL_FROM", "approvald <no-reply@localhost>")
+	c.Brand = get("APPROVALD_BRAND", "clicktopurchase")
+	if !printableLine(c.Brand) || len(c.Brand) > 64 {
+		bad("APPROVALD_BRAND", "must be 1 to 64 printable characters")
 	}
 	if _, _, err := splitHostPort(c.Addr); err != nil {
 		bad("APPROVALD_ADDR", "must be host:port or :port, got %q", c.Addr)
@@ -235,4 +247,16 @@ func splitHostPort(addr string) (string, int, error) {
 		return "", 0, errors.New("bad port")
 	}
 	return addr[:i], p, nil
+}
+
+func printableLine(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return false
+		}
+	}
+	return true
 }

@@ -1,11 +1,13 @@
 package httpapi
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
 
 	"github.com/clicktopurchase/approvald/internal/approval"
+	"github.com/clicktopurchase/approvald/internal/mail"
 	"github.com/gorilla/websocket"
 )
 
@@ -253,4 +255,34 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// requestEmail mails the challenge's link, for the RP (API key) or the
+// waiting browser (the challenge's own watch token).
+func (s *Server) requestEmail(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if r.ContentLength > MaxBody {
+		writeProblem(w, approval.Errorf(approval.CodeTooLarge, "the body is larger than %d bytes", MaxBody))
+		return
+	}
+	var a approval.Actor
+	if tok := watchToken(r); tok != "" && s.svc.WatchTokenFor(r.Context(), tok, id) {
+		a = approval.Actor{Type: approval.ActorBrowser, Name: "watch_token", IP: s.clientIP(r)}
+	} else {
+		var err error
+		if a, err = s.apiKeyActor(r); err != nil {
+			var e *approval.Error
+			if errors.As(err, &e) {
+				err = approval.Errorf(approval.CodeUnauthorized, "an API key or this challenge's watch token is required")
+			}
+			writeError(w, r, s.log, err)
+			return
+		}
+	}
+	sent, err := s.svc.RequestEmail(r.Context(), a, id)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"sent_to": mail.Mask(sent.To), "expires_at": approval.RFC3339(sent.ExpiresAt)})
 }

@@ -101,6 +101,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("OPTIONS /v1/watch", s.cors(nil))
 	mux.Handle("OPTIONS /v1/watch/state", s.cors(nil))
 	mux.Handle("OPTIONS /v1/challenges/{id}/email", s.cors(nil))
+	mux.Handle("POST /v1/challenges/{id}/email", s.cors(http.HandlerFunc(s.requestEmail)))
 	mux.HandleFunc("GET /.well-known/jwks.json", s.jwks)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
@@ -214,6 +215,10 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 	})
 }
 
+// ClientIP is the request's client address, as the limits and the audit
+// log see it (see clientIP).
+func (s *Server) ClientIP(r *http.Request) string { return s.clientIP(r) }
+
 // clientIP is the connection's address, or, when that is a trusted proxy,
 // the rightmost X-Forwarded-For entry that is not a trusted proxy.
 func (s *Server) clientIP(r *http.Request) string {
@@ -316,24 +321,31 @@ func bearer(r *http.Request) string {
 	return ""
 }
 
+// apiKeyActor authenticates the request's API key.
+func (s *Server) apiKeyActor(r *http.Request) (approval.Actor, error) {
+	tok := bearer(r)
+	if tok == "" || len(tok) > 256 {
+		return approval.Actor{}, approval.Errorf(approval.CodeUnauthorized, "an API key is required (Authorization: Bearer)")
+	}
+	k, err := s.svc.Store().APIKeyByHash(r.Context(), auth.HashSecret(tok))
+	if errors.Is(err, approval.ErrNotFound) || (err == nil && k.RevokedAt != nil) {
+		return approval.Actor{}, approval.Errorf(approval.CodeUnauthorized, "the API key is not valid")
+	}
+	if err != nil {
+		return approval.Actor{}, err
+	}
+	return approval.Actor{Type: approval.ActorAPIKey, Name: k.Name, KeyID: k.ID, IP: s.clientIP(r)}, nil
+}
+
 // rpAuth requires a live API key.
 func (s *Server) rpAuth(h func(http.ResponseWriter, *http.Request, approval.Actor)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		tok := bearer(r)
-		if tok == "" || len(tok) > 256 {
-			writeProblem(w, approval.Errorf(approval.CodeUnauthorized, "an API key is required (Authorization: Bearer)"))
-			return
-		}
-		k, err := s.svc.Store().APIKeyByHash(r.Context(), auth.HashSecret(tok))
-		if errors.Is(err, approval.ErrNotFound) || (err == nil && k.RevokedAt != nil) {
-			writeProblem(w, approval.Errorf(approval.CodeUnauthorized, "the API key is not valid"))
-			return
-		}
+		a, err := s.apiKeyActor(r)
 		if err != nil {
 			writeError(w, r, s.log, err)
 			return
 		}
-		h(w, r, approval.Actor{Type: approval.ActorAPIKey, Name: k.Name, KeyID: k.ID, IP: s.clientIP(r)})
+		h(w, r, a)
 	})
 }
 

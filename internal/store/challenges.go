@@ -187,6 +187,15 @@ func (s *Store) Decide(ctx context.Context, d approval.Decision) (*approval.Chal
 	}
 	var out *approval.Challenge
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		if d.LinkHash != "" {
+			l, err := s.useLink(ctx, tx, d.LinkHash, approval.LinkChallenge, d.At)
+			if err != nil {
+				return err
+			}
+			if l.ChallengeID != d.ID {
+				return fmt.Errorf("store: decide: the link is for another challenge: %w", approval.ErrLost)
+			}
+		}
 		var row challengeRow
 		err := tx.QueryRowxContext(ctx, s.q(`UPDATE challenges
 			SET status = ?, method = ?, device_id = ?, fraud_reported = ?, result_token = ?,
@@ -201,6 +210,11 @@ func (s *Store) Decide(ctx context.Context, d approval.Decision) (*approval.Chal
 			return fmt.Errorf("store: decide challenge %s: %w", d.ID, err)
 		}
 		out = row.challenge()
+		if !d.LockUntil.IsZero() {
+			if err := s.lockUserUntil(ctx, tx, row.UserID, d.LockUntil); err != nil {
+				return err
+			}
+		}
 		return s.writeAudit(ctx, tx, fill(d.Audit, "challenge", d.ID, row.UserID, d.At))
 	})
 	return out, err

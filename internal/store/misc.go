@@ -127,16 +127,19 @@ func (s *Store) UserEmail(ctx context.Context, userID string) (string, error) {
 
 // LockUser locks the user until until, or keeps a later lock.
 func (s *Store) LockUser(ctx context.Context, userID string, until time.Time) error {
-	return s.inTx(ctx, func(tx *sqlx.Tx) error {
-		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO users (user_id, locked_until) VALUES (?, ?)
-			ON CONFLICT (user_id) DO UPDATE SET locked_until = CASE
-				WHEN excluded.locked_until > users.locked_until THEN excluded.locked_until
-				ELSE users.locked_until END`), userID, ms(until))
-		if err != nil {
-			return fmt.Errorf("store: lock user: %w", err)
-		}
-		return nil
-	})
+	return s.inTx(ctx, func(tx *sqlx.Tx) error { return s.lockUserUntil(ctx, tx, userID, until) })
+}
+
+// lockUserUntil extends (never shortens) the user's fraud lock in tx.
+func (s *Store) lockUserUntil(ctx context.Context, tx *sqlx.Tx, userID string, until time.Time) error {
+	_, err := tx.ExecContext(ctx, s.q(`INSERT INTO users (user_id, locked_until) VALUES (?, ?)
+		ON CONFLICT (user_id) DO UPDATE SET locked_until = CASE
+			WHEN excluded.locked_until > users.locked_until THEN excluded.locked_until
+			ELSE users.locked_until END`), userID, ms(until))
+	if err != nil {
+		return fmt.Errorf("store: lock user: %w", err)
+	}
+	return nil
 }
 
 // UserLockedUntil returns the end of the user's lock, the zero time when
@@ -356,6 +359,9 @@ func (s *Store) Purge(ctx context.Context, now time.Time) error {
 		{`DELETE FROM idempotency_keys WHERE expires_at <= ?`, ms(now)},
 		{`DELETE FROM rate_counters WHERE expires_at <= ?`, ms(now)},
 		{`DELETE FROM code_failures WHERE at < ?`, ms(now.Add(-CodeFailureRetention))},
+		// A challenge link dies with its challenge (minutes); a day's margin
+		// covers every extension.
+		{`DELETE FROM email_links WHERE expires_at < ?`, ms(now.Add(-24 * time.Hour))},
 	}
 	for _, st := range stmts {
 		err := s.inTx(ctx, func(tx *sqlx.Tx) error {

@@ -1,0 +1,14 @@
+-- Single-use links mailed to users: the approval link of a challenge, and
+-- the "This wasn't me" link of a new-device notice. Only the token's hash
+-- is kept.
+CREATE TABLE email_links (
+    hash          TEXT    NOT NULL PRIMARY KEY,
+    kind          TEXT    NOT NULL,
+    challenge_id  TEXT    NOT NULL DEFAULT '',
+    device_id     TEXT    NOT NULL DEFAULT '',
+    user_id       TEXT    NOT NULL,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    used_at       INTEGER
+) STRICT;
+CREATE INDEX email_links_expires ON email_links (expires_at);
