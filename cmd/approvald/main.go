@@ -9,8 +9,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -27,6 +29,7 @@ const usage = `usage: approvald [command]
 commands:
   serve                 run the service (the default)
   migrate               apply database migrations and exit
+  healthcheck           exit 0 when the local instance is ready (for container health checks)
   apikey create NAME    make an API key; prints the key alone (shown once)
   apikey list           list API keys
   apikey revoke NAME    revoke an API key
@@ -65,6 +68,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		}
 	case "apikey":
 		err = apikey(ctx, cfg, args, stdout)
+	case "healthcheck":
+		err = healthcheck(ctx, cfg)
 	default:
 		fmt.Fprintf(stderr, "approvald: unknown command %q\n\n%s", cmd, usage)
 		return 2
@@ -165,4 +170,31 @@ func apikey(ctx context.Context, cfg *config.Config, args []string, stdout io.Wr
 		}
 		return errors.New("apikey needs create NAME, list or revoke NAME")
 	})
+}
+
+// healthcheck asks the local instance's /readyz.
+func healthcheck(ctx context.Context, cfg *config.Config) error {
+	host, port, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("APPROVALD_ADDR: %w", err)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/readyz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("not ready: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("not ready: %s %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return nil
 }

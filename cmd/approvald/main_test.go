@@ -122,3 +122,20 @@ func TestBadInvocations(t *testing.T) {
 		t.Errorf("help: exit %d %q", code, stdout)
 	}
 }
+
+// healthcheck exits 0 against a ready instance and 1 when nothing listens.
+func TestHealthcheck(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{"APPROVALD_DATABASE_URL": "sqlite:" + dir + "/h.db", "APPROVALD_ADDR": "127.0.0.1:1"}
+	getenv := func(k string) string { return env[k] }
+	var out, errb strings.Builder
+	if code := run([]string{"healthcheck"}, getenv, &out, &errb); code != 1 {
+		t.Fatalf("healthcheck with nothing listening: exit %d (%s)", code, errb.String())
+	}
+	srv := apptest.Start(t, "sqlite")
+	env["APPROVALD_ADDR"] = strings.TrimPrefix(srv.URL, "http://")
+	errb.Reset()
+	if code := run([]string{"healthcheck"}, getenv, &out, &errb); code != 0 {
+		t.Fatalf("healthcheck against a ready instance: exit %d (%s)", code, errb.String())
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/clicktopurchase/approvald/internal/approval"
@@ -16,11 +17,13 @@ import (
 	"github.com/clicktopurchase/approvald/internal/config"
 	"github.com/clicktopurchase/approvald/internal/httpapi"
 	"github.com/clicktopurchase/approvald/internal/mail"
+	"github.com/clicktopurchase/approvald/internal/metrics"
 	"github.com/clicktopurchase/approvald/internal/store"
 	"github.com/clicktopurchase/approvald/internal/web"
 	"github.com/clicktopurchase/approvald/push/apns"
 	"github.com/clicktopurchase/approvald/push/fcm"
 	"github.com/clicktopurchase/approvald/realtime"
+	"github.com/clicktopurchase/approvald/realtime/redisbroker"
 )
 
 // App is a running approvald instance.
@@ -32,6 +35,8 @@ type App struct {
 	HTTP    *httpapi.Server
 	Log     *slog.Logger
 	Pushers approval.Pushers
+	Redis   *redisbroker.Broker // nil without APPROVALD_REDIS_URL
+	Metrics *metrics.Metrics
 	// DevMail keeps the mails when no SMTP server is configured.
 	DevMail *mail.Dev
 
@@ -107,16 +112,36 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 		sender = a.DevMail
 	}
 	m := &mailer{sender: sender, brand: cfg.Brand}
+	var broker realtime.Broker = realtime.NewMemoryBroker()
+	var reconnects func() uint64
+	if cfg.RedisURL != "" {
+		rb, err := redisbroker.New(cfg.RedisURL, log)
+		if err != nil {
+			return nil, err
+		}
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = rb.Ping(pctx)
+		cancel()
+		if err != nil {
+			rb.Close()
+			return nil, fmt.Errorf("APPROVALD_REDIS_URL: Redis does not answer: %w", err)
+		}
+		a.Redis, broker, reconnects = rb, rb, rb.Reconnects
+	}
 	var svc *approval.Service
-	a.Hub = realtime.NewHub(realtime.NewMemoryBroker(), func(ctx context.Context, object string) (realtime.Frame, error) {
+	var hub *realtime.Hub
+	a.Metrics = metrics.New(func() int { return hub.Sockets() }, reconnects)
+	a.Hub = realtime.NewHub(broker, func(ctx context.Context, object string) (realtime.Frame, error) {
 		w, err := svc.Load(ctx, object)
 		if err != nil {
 			return realtime.Frame{}, err
 		}
 		return realtime.Frame{Object: w.Object, Version: w.Version, Final: w.Final, Data: w.Data}, nil
 	}, log)
+	hub = a.Hub
 	svc = approval.NewService(approval.Deps{Store: st, Signer: signer, Watch: watch, Events: events{a.Hub, log}, Log: log, Now: o.now,
-		Pushers: pushers, PushText: approval.PushText{Titles: cfg.PushTitles, FullContext: cfg.PushFullContext}, Mailer: m},
+		Pushers: pushers, PushText: approval.PushText{Titles: cfg.PushTitles, FullContext: cfg.PushFullContext}, Mailer: m,
+		Metrics: a.Metrics},
 		approval.Rules{
 			PublicURL: cfg.PublicURL, NumberMatchingAll: cfg.NumberMatchingAll, NumberMatching: cfg.NumberMatching,
 			NumberDigits: cfg.NumberMatchingDigits, MaxDevicesPerUser: cfg.MaxDevicesPerUser,
@@ -126,12 +151,9 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 	m.title = svc.ActionTitle
 	a.HTTP = httpapi.New(svc, a.Hub, httpapi.Options{
 		AllowedOrigins: cfg.AllowedOrigins, TrustedProxies: cfg.TrustedProxies, JWKS: signer.JWKS(),
-		Ready: func(ctx context.Context) error {
-			if err := st.Ping(ctx); err != nil {
-				return errors.New("database unreachable")
-			}
-			return nil
-		},
+		Ready:   a.Ready,
+		Observe: a.Metrics.Request,
+		Metrics: a.Metrics.Handler(),
 	}, log)
 	a.HTTP.Register(web.New(svc, cfg.Brand, log, a.HTTP.ClientIP).Register)
 	return a, nil
@@ -157,6 +179,26 @@ func openPushers(ctx context.Context, cfg *config.Config) (approval.Pushers, err
 		p["apns"] = s
 	}
 	return p, nil
+}
+
+// Ready reports whether the database and Redis (when configured) answer,
+// naming the one that does not.
+func (a *App) Ready(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var failed []string
+	if err := a.Store.Ping(ctx); err != nil {
+		failed = append(failed, "database unreachable")
+	}
+	if a.Redis != nil {
+		if err := a.Redis.Ping(ctx); err != nil {
+			failed = append(failed, "redis unreachable")
+		}
+	}
+	if len(failed) > 0 {
+		return errors.New(strings.Join(failed, "; "))
+	}
+	return nil
 }
 
 // events adapts the realtime hub to approval.Events.
@@ -212,8 +254,13 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-// Close releases the store.
-func (a *App) Close() error { return a.Store.Close() }
+// Close releases Redis and the store.
+func (a *App) Close() error {
+	if a.Redis != nil {
+		a.Redis.Close()
+	}
+	return a.Store.Close()
+}
 
 func (a *App) sweep(ctx context.Context) {
 	t := time.NewTicker(a.SweepInterval)

@@ -167,6 +167,7 @@ func (s *Service) CreateChallenge(ctx context.Context, a Actor, scope, idemKey s
 		return nil, internal("create challenge", err)
 	}
 	if !replayed {
+		s.metrics.ChallengeCreated(stored.Action)
 		s.publishChallenge(ctx, stored)
 		if len(devices) > 0 {
 			state, pushed := s.pushChallenge(stored, devices)
@@ -283,8 +284,7 @@ func (s *Service) expire(ctx context.Context, c *Challenge) (*Challenge, error) 
 		}
 		return nil, internal("expire", err)
 	}
-	s.publishChallenge(ctx, done)
-	s.pushResolved(ctx, done)
+	s.finalized(ctx, done)
 	return done, nil
 }
 
@@ -334,8 +334,7 @@ func (s *Service) finish(ctx context.Context, c *Challenge, d Decision) (*Challe
 		}
 		return nil, internal("decide", err)
 	}
-	s.publishChallenge(ctx, done)
-	s.pushResolved(ctx, done)
+	s.finalized(ctx, done)
 	return done, nil
 }
 
@@ -473,6 +472,17 @@ func (s *Service) fraudReported(ctx context.Context, a Actor, userID, objectID s
 			s.log.Error("cancel after fraud report", "challenge", p.ID, "err", err)
 		}
 	}
+}
+
+// finalized tells watchers, the devices and the metrics that c is final.
+func (s *Service) finalized(ctx context.Context, c *Challenge) {
+	s.publishChallenge(ctx, c)
+	s.pushResolved(ctx, c)
+	end := c.ExpiresAt
+	if c.DecidedAt != nil {
+		end = *c.DecidedAt
+	}
+	s.metrics.ChallengeFinal(c.Action, c.Status, c.Method, end.Sub(c.CreatedAt))
 }
 
 // ExpireDue moves overdue challenges and enrollments to expired; it is

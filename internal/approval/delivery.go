@@ -212,6 +212,7 @@ func (s *Service) sendWithRetry(ctx context.Context, c *Challenge, d Device, sen
 		actx, cancel := context.WithTimeout(ctx, pushAttemptTimeout)
 		r := sender.Send(actx, d.PushToken, msg)
 		cancel()
+		s.metrics.Push(d.PushProvider, string(msg.Kind), r.Outcome.String())
 		switch r.Outcome {
 		case push.Delivered:
 			report(true)

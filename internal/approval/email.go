@@ -89,6 +89,7 @@ func (s *Service) RequestEmail(ctx context.Context, a Actor, id string) (*EmailS
 			s.log.Warn("challenge email failed", "challenge", id, "err", err)
 			state = DeliveryFailed
 		}
+		s.metrics.Email(LinkChallenge, state)
 		upd, err := s.store.SetDelivery(context.WithoutCancel(bg), id, "", -1, state)
 		if err != nil {
 			s.log.Error("record email delivery", "challenge", id, "err", err)
@@ -324,6 +325,9 @@ func (s *Service) noticeNewDevice(e *Enrollment, d *Device) {
 			return s.mailer.DeviceLinked(ctx, d, to, s.linkURL(token), l.ExpiresAt)
 		}); err != nil {
 			s.log.Warn("new-device notice failed", "device", d.ID, "err", err)
+			s.metrics.Email(LinkDevice, DeliveryFailed)
+		} else {
+			s.metrics.Email(LinkDevice, DeliverySent)
 		}
 	})
 }

@@ -109,6 +109,7 @@ type Service struct {
 	pushers  Pushers
 	pushText PushText
 	mailer   Mailer
+	metrics  Metrics
 	bg       sync.WaitGroup // background work: push retries
 	bgCtx    context.Context
 	bgStop   context.CancelFunc
@@ -127,7 +128,24 @@ type Deps struct {
 	PushText PushText
 	// Mailer sends the email link and the new-device notice.
 	Mailer Mailer
+	// Metrics counts what happens (nothing by default).
+	Metrics Metrics
 }
+
+// Metrics is what the service counts; internal/metrics exports it.
+type Metrics interface {
+	ChallengeCreated(action string)
+	ChallengeFinal(action, status, method string, sinceCreated time.Duration)
+	Push(provider, kind, outcome string)
+	Email(kind, outcome string)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) ChallengeCreated(string)                              {}
+func (noMetrics) ChallengeFinal(string, string, string, time.Duration) {}
+func (noMetrics) Push(string, string, string)                          {}
+func (noMetrics) Email(string, string)                                 {}
 
 // NewService builds a Service.
 func NewService(d Deps, r Rules) *Service {
@@ -139,7 +157,10 @@ func NewService(d Deps, r Rules) *Service {
 		d.Log = slog.Default()
 	}
 	s := &Service{store: d.Store, rules: r, signer: d.Signer, watch: d.Watch, events: d.Events, log: d.Log, now: d.Now,
-		pushers: d.Pushers, pushText: d.PushText, mailer: d.Mailer}
+		pushers: d.Pushers, pushText: d.PushText, mailer: d.Mailer, metrics: d.Metrics}
+	if s.metrics == nil {
+		s.metrics = noMetrics{}
+	}
 	s.bgCtx, s.bgStop = context.WithCancel(context.Background())
 	return s
 }

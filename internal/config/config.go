@@ -39,6 +39,7 @@ type Config struct {
 	APNsEndpoint       string
 	PushFullContext    bool
 	PushTitles         map[string]string
+	RedisURL           string
 	SMTPURL            string
 	MailFrom           string
 	Brand              string
@@ -79,6 +80,7 @@ var Settings = []Setting{
 	{"APPROVALD_APNS_ENDPOINT", "production", "`production`, `development`, or a URL (a fake)."},
 	{"APPROVALD_PUSH_CONTEXT", "action", "`action`: pushes name the action only; `full`: they also carry the context values (which then pass through Google's and Apple's servers)."},
 	{"APPROVALD_PUSH_TITLES", "(built in)", "Per-action push titles, `action=Title` pairs separated by `;`, e.g. `login=Sign in to clicktopurchase?`."},
+	{"APPROVALD_REDIS_URL", "(none)", "`redis://[:password@]host:port/db` (or `rediss://`): the broker that carries decisions between instances. Without it a single instance uses an in-process broker."},
 	{"APPROVALD_SMTP_URL", "(none)", "`smtp://user:pass@host:port` (STARTTLS when offered) or `smtps://...` (TLS from the start). Without it mails go to the log and the development mailbox."},
 	{"APPROVALD_MAIL_FROM", "approvald <no-reply@localhost>", "The From address of mails."},
 	{"APPROVALD_BRAND", "clicktopurchase", "The name in mail subjects and pages."},
@@ -158,6 +160,7 @@ func Load(getenv func(string) string) (*Config, error) {
 		}
 		c.PushTitles[a] = title
 	}
+	c.RedisURL = get("APPROVALD_REDIS_URL", "")
 	c.SMTPURL = get("APPROVALD_SMTP_URL", "")
 	c.MailFrom = get("APPROVALD_MAIL_FROM", "approvald <no-reply@localhost>")
 	c.Brand = get("APPROVALD_BRAND", "clicktopurchase")

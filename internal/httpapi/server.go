@@ -39,6 +39,10 @@ type Options struct {
 	TrustedProxies []netip.Prefix
 	JWKS           []byte
 	Ready          func(ctx context.Context) error // nil error when dependencies answer
+	// Observe sees every request: its route pattern, status and duration.
+	Observe func(route string, status int, d time.Duration)
+	// Metrics serves GET /metrics (nil: no route).
+	Metrics http.Handler
 }
 
 // Server holds what the handlers need.
@@ -107,6 +111,9 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	if s.opts.Metrics != nil {
+		mux.Handle("GET /metrics", s.opts.Metrics)
+	}
 	for _, extra := range s.extra {
 		extra(mux)
 	}
@@ -211,7 +218,11 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		if route == "" {
 			route = "unmatched"
 		}
-		s.log.Debug("request", "method", r.Method, "route", route, "status", rec.status, "duration", time.Since(start))
+		d := time.Since(start)
+		s.log.Info("request", "method", r.Method, "route", route, "status", rec.status, "duration", d)
+		if s.opts.Observe != nil {
+			s.opts.Observe(route, rec.status, d)
+		}
 	})
 }
 
