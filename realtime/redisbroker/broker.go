@@ -2,6 +2,7 @@ package redisbroker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -100,6 +101,12 @@ func New(rawURL string, log *slog.Logger, opts ...Option) (*Broker, error) {
 	// Let context deadlines bound reads and writes, so that Publish and
 	// Ping end with their context even when Redis stops answering.
 	ropts.ContextTimeoutEnabled = true
+	ropts.Dialer = newDialer(ropts)
+	// One dial per attempt: go-redis already retries a failed command
+	// (max_retries), and its five dials with pauses per attempt would make
+	// a Publish to a stopped Redis wait out its whole timeout and report
+	// only "context deadline exceeded" instead of the refused connection.
+	ropts.DialerRetries = 1
 
 	cfg := config{
 		prefix:         DefaultPrefix,
@@ -150,6 +157,39 @@ func parseURL(rawURL string) (*redis.Options, error) {
 	return opts, nil
 }
 
+// sessionKey marks the contexts of a Run's session; its value is the
+// session's context, and connections dialled under it are closed when that
+// context ends.
+type sessionKey struct{}
+
+// newDialer returns go-redis's dialer made to honour the context: the
+// default one ignores it for TLS, and go-redis cannot interrupt the
+// handshake (HELLO, AUTH, SELECT) of a PubSub connection, which it does
+// under the PubSub's lock, so Run could not return promptly while a server
+// hangs. Connections of a session are closed when the session's context
+// ends, which ends any such wait.
+func newDialer(opts *redis.Options) func(context.Context, string, string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := &net.Dialer{Timeout: opts.DialTimeout}
+		var (
+			c   net.Conn
+			err error
+		)
+		if opts.TLSConfig == nil {
+			c, err = d.DialContext(ctx, network, addr)
+		} else {
+			c, err = (&tls.Dialer{NetDialer: d, Config: opts.TLSConfig}).DialContext(ctx, network, addr)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if session, ok := ctx.Value(sessionKey{}).(context.Context); ok {
+			context.AfterFunc(session, func() { _ = c.Close() })
+		}
+		return c, nil
+	}
+}
+
 // Addr returns the host:port of the Redis server, for logs.
 func (b *Broker) Addr() string { return b.client.Options().Addr }
 
@@ -190,9 +230,9 @@ func (b *Broker) Publish(ctx context.Context, f realtime.Frame) error {
 
 // Run subscribes to the channel and calls deliver for each frame until ctx
 // ends, then returns nil. It reconnects with backoff when the connection is
-// lost, calls resync after each subscription that follows a failure, and
-// calls resync every resync interval while it is not subscribed. It returns
-// an error only if the Broker is closed.
+// lost, calls resync after each confirmed subscription (the first one
+// included), and calls resync every resync interval while it is not
+// subscribed. It returns an error only if the Broker is closed.
 func (b *Broker) Run(ctx context.Context, deliver func(realtime.Frame), resync func()) error {
 	r := &run{b: b, deliver: deliver, resync: resync}
 
@@ -217,7 +257,6 @@ func (b *Broker) Run(ctx context.Context, deliver func(realtime.Frame), resync f
 		if errors.Is(err, redis.ErrClosed) {
 			return fmt.Errorf("redisbroker: run: %w", err)
 		}
-		r.missed = true
 		if subscribed {
 			backoff = minBackoff
 			downSince = time.Now()
@@ -230,7 +269,7 @@ func (b *Broker) Run(ctx context.Context, deliver func(realtime.Frame), resync f
 				"down_for", time.Since(downSince).Round(time.Millisecond), "err", err)
 		}
 
-		// Full jitter over the upper half: [backoff/2, backoff).
+		// Wait a random time in [backoff/2, backoff).
 		wait := backoff/2 + rand.N(backoff/2)
 		backoff = min(2*backoff, maxBackoff)
 		t := time.NewTimer(wait)
@@ -253,7 +292,6 @@ type run struct {
 
 	up     atomic.Bool // subscribed now
 	everUp bool        // subscribed at least once (Run's goroutine only)
-	missed bool        // a failure happened since Run started (Run's goroutine only)
 }
 
 func (r *run) callResync() {
@@ -283,7 +321,9 @@ func (r *run) resyncWhileDown(ctx context.Context) {
 	}
 }
 
-// subscribed records a confirmed subscription; again is true when go-redis
+// subscribed records a confirmed subscription and resyncs: frames published
+// before it may have been missed (while disconnected, or, for the first one,
+// by watchers that subscribed before Run did). again is true when go-redis
 // re-subscribed within the same session.
 func (r *run) subscribed(again bool) {
 	if !again {
@@ -297,9 +337,7 @@ func (r *run) subscribed(again bool) {
 		r.b.log.Info("subscribed to redis", "addr", r.b.Addr(), "channel", r.b.channel)
 	}
 	r.everUp = true
-	if r.missed || again {
-		r.callResync()
-	}
+	r.callResync()
 }
 
 func (r *run) unsubscribed() {
@@ -311,6 +349,9 @@ func (r *run) unsubscribed() {
 // connection fails or ctx ends. It reports whether the subscription was
 // confirmed, and why the session ended.
 func (r *run) session(ctx context.Context) (confirmed bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ctx = context.WithValue(ctx, sessionKey{}, ctx)
 	ps := r.b.client.Subscribe(ctx)
 	defer ps.Close()
 	// ReceiveTimeout does not watch ctx: closing the PubSub interrupts it.

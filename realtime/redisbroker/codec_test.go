@@ -41,13 +41,13 @@ func TestDecodeRejectsMalformed(t *testing.T) {
 	for _, p := range []string{
 		"",
 		"\x01",
-		"\x02" + good[1:],          // unknown format
+		"\x02" + good[1:],            // unknown format
 		good[:1] + "\x02" + good[2:], // unknown flag
-		good[:2],                   // no version
-		good[:2] + "\x80",          // truncated varint
-		good[:4],                   // no object length
-		good[:4] + "\x00",          // empty object
-		good[:4] + "\x09c:1",       // object longer than the rest
+		good[:2],                     // no version
+		good[:2] + "\x80",            // truncated varint
+		good[:4],                     // no object length
+		good[:4] + "\x00",            // empty object
+		good[:4] + "\x09c:1",         // object longer than the rest
 		`{"object":"c:1"}`,
 	} {
 		if f, err := decode(p); err == nil {

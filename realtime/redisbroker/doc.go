@@ -4,7 +4,8 @@
 // # Publishing
 //
 // Every frame goes to one channel, "<prefix>frames" (prefix "approvald:" by
-// default, see WithPrefix), in a compact binary encoding (see encode).
+// default, see WithPrefix), in a compact binary encoding (codec.go) whose
+// first byte names its format.
 // Publish is bounded by its context and by a short timeout (one second by
 // default, see WithPublishTimeout), so a caller never hangs on a dead Redis;
 // on failure it returns the error and the hub falls back to local delivery.
@@ -31,11 +32,11 @@
 //
 // Frames published while an instance is not subscribed are lost to it, so:
 //
-//   - after every subscription that follows a failure (a lost session, or
-//     failed attempts before the first one), Run calls resync once the
-//     subscription is confirmed; the hub then re-reads every watched object
-//     from the database, and anything published after the confirmation
-//     arrives through pub/sub (subscribe-then-read);
+//   - after every confirmed subscription, Run calls resync: the hub then
+//     re-reads every watched object from the database, and anything
+//     published after the confirmation arrives through pub/sub
+//     (subscribe-then-read). This includes Run's first subscription, for
+//     watchers that subscribed before Run did; with none, it costs nothing;
 //   - while not subscribed, Run calls resync every resync interval (2 s by
 //     default, see WithResyncInterval), from a goroutine of its own so that a
 //     slow dial does not delay it. The hub's resync is the slow database
