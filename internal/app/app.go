@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/clicktopurchase/approvald/internal/approval"
@@ -24,6 +25,7 @@ import (
 	"github.com/clicktopurchase/approvald/push/fcm"
 	"github.com/clicktopurchase/approvald/realtime"
 	"github.com/clicktopurchase/approvald/realtime/redisbroker"
+	"github.com/redis/go-redis/v9"
 )
 
 // App is a running approvald instance.
@@ -115,6 +117,7 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 	var broker realtime.Broker = realtime.NewMemoryBroker()
 	var reconnects func() uint64
 	if cfg.RedisURL != "" {
+		redisLogOnce.Do(func() { redis.SetLogger(redisLog{log}) })
 		rb, err := redisbroker.New(cfg.RedisURL, log)
 		if err != nil {
 			return nil, err
@@ -200,6 +203,16 @@ func (a *App) Ready(ctx context.Context) error {
 	}
 	return nil
 }
+
+// redisLog sends go-redis's own messages (failed dials while Redis is
+// down) to our logger instead of its global stderr logger.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.Warn("redis: " + fmt.Sprintf(format, v...))
+}
+
+var redisLogOnce sync.Once
 
 // events adapts the realtime hub to approval.Events.
 type events struct {

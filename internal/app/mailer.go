@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"time"
@@ -49,20 +48,9 @@ func (m *mailer) DeviceLinked(ctx context.Context, d *approval.Device, to, link 
 
 // contextKV lists a context's members in the order the RP gave them.
 func contextKV(raw json.RawMessage) []mail.KV {
-	dec := json.NewDecoder(bytes.NewReader(raw))
 	var out []mail.KV
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return nil
-	}
-	for dec.More() {
-		k, err1 := dec.Token()
-		v, err2 := dec.Token()
-		if err1 != nil || err2 != nil {
-			break
-		}
-		ks, _ := k.(string)
-		vs, _ := v.(string)
-		out = append(out, mail.KV{Name: ks, Value: vs})
+	for _, m := range approval.ContextMembers(raw) {
+		out = append(out, mail.KV{Name: m.Name, Value: m.Value})
 	}
 	return out
 }

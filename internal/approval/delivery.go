@@ -1,7 +1,6 @@
 package approval
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"math/rand/v2"
@@ -53,17 +52,9 @@ func (s *Service) pushBody(c *Challenge) string {
 	if !s.pushText.FullContext {
 		return "Open the app to review and approve."
 	}
-	dec := json.NewDecoder(bytes.NewReader(c.Context))
 	var parts []string
-	if t, err := dec.Token(); err == nil && t == json.Delim('{') {
-		for dec.More() {
-			k, err1 := dec.Token()
-			v, err2 := dec.Token()
-			if err1 != nil || err2 != nil {
-				break
-			}
-			parts = append(parts, k.(string)+": "+v.(string))
-		}
+	for _, m := range ContextMembers(c.Context) {
+		parts = append(parts, m.Name+": "+m.Value)
 	}
 	if len(parts) == 0 {
 		return "Open the app to review and approve."

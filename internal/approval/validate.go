@@ -107,3 +107,26 @@ func IPKey(ip string) string {
 	}
 	return p.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }
+
+// Member is one context member.
+type Member struct{ Name, Value string }
+
+// ContextMembers lists a stored context's members in the RP's order.
+func ContextMembers(raw json.RawMessage) []Member {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	var out []Member
+	for dec.More() {
+		k, err1 := dec.Token()
+		v, err2 := dec.Token()
+		ks, ok1 := k.(string)
+		vs, ok2 := v.(string)
+		if err1 != nil || err2 != nil || !ok1 || !ok2 {
+			break
+		}
+		out = append(out, Member{ks, vs})
+	}
+	return out
+}

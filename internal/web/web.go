@@ -6,7 +6,6 @@ package web
 import (
 	"bytes"
 	"embed"
-	"encoding/json"
 	"html/template"
 	"log/slog"
 	"net/http"
@@ -69,15 +68,12 @@ func (p *Pages) static(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(b)
 }
 
-// KV is one context member, in the RP's order.
-type KV struct{ Name, Value string }
-
 type view struct {
 	Brand     string
 	State     string
 	Title     string
 	Question  string
-	Context   []KV
+	Context   []approval.Member
 	Requested time.Time
 	IP        string
 	UserAgent string
@@ -124,7 +120,7 @@ func (p *Pages) render(w http.ResponseWriter, r *http.Request, page *approval.Li
 	v := view{Brand: p.brand, State: page.State, Left: page.Left, Status: page.Status, Device: page.Device}
 	if c := page.Challenge; c != nil {
 		v.Question = p.svc.ActionTitle(c.Action)
-		v.Context = contextKV(c.Context)
+		v.Context = approval.ContextMembers(c.Context)
 		v.Requested, v.IP, v.UserAgent, v.Number = c.CreatedAt, c.RequesterIP, c.RequesterUA, c.Number != ""
 	}
 	status := http.StatusOK
@@ -143,23 +139,4 @@ func (p *Pages) render(w http.ResponseWriter, r *http.Request, page *approval.Li
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	_, _ = w.Write(buf.Bytes())
-}
-
-func contextKV(raw json.RawMessage) []KV {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	var out []KV
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return nil
-	}
-	for dec.More() {
-		k, err1 := dec.Token()
-		v, err2 := dec.Token()
-		if err1 != nil || err2 != nil {
-			break
-		}
-		ks, _ := k.(string)
-		vs, _ := v.(string)
-		out = append(out, KV{ks, vs})
-	}
-	return out
 }
