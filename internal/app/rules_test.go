@@ -56,19 +56,6 @@ func (c *clock) follow(devs ...*deviceclient.Client) {
 	}
 }
 
-// link links a new device to userID at the instance's time (extra is
-// merged into the enrollment body, e.g. authorized_by).
-func (c *clock) link(t *testing.T, userID string, extra map[string]any) *deviceclient.Client {
-	t.Helper()
-	code := c.env.Enroll(userID, extra).Str("code")
-	d := c.env.NewDevice()
-	d.Now = c.Now
-	if err := d.Enroll(context.Background(), code, "Phone of "+userID, "ios", deviceclient.Push{Provider: "none"}); err != nil {
-		t.Fatalf("link a device to %s: %v", userID, err)
-	}
-	return d
-}
-
 // wantProblem checks a problem answer and returns its Retry-After in
 // seconds (required, and positive, with 429).
 func wantProblem(t *testing.T, what string, r *apptest.Response, status int, code string) int {

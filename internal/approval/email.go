@@ -222,7 +222,7 @@ func (s *Service) ActOnLink(ctx context.Context, token, decision, number, ip str
 	now := s.clock()
 	if p.Kind == LinkDevice {
 		if decision != "deny" {
-			return nil, invalid("decision must be deny")
+			return p, nil // only "This wasn't me" acts: show the question again
 		}
 		return s.undoDeviceLink(ctx, a, token, p, now)
 	}
