@@ -22,6 +22,10 @@ const (
 	resyncWorkers  = 8
 	resyncAttempts = 4
 	resyncBackoff  = 500 * time.Millisecond
+	// A frame the broker refused is published again every
+	// republishInterval, for at most republishFor.
+	republishInterval = 500 * time.Millisecond
+	republishFor      = time.Minute
 )
 
 // Options tunes the watch sockets of a Hub. A zero field takes its default.
@@ -79,6 +83,14 @@ type Hub struct {
 	resyncs       sync.WaitGroup
 
 	writePool sync.Pool // shared write buffers of every upgraded socket
+
+	republishMu sync.Mutex
+	republish   map[string]failedFrame // by object: the newest frame the broker refused
+}
+
+type failedFrame struct {
+	f     Frame
+	since time.Time
 }
 
 type shard struct {
@@ -93,11 +105,12 @@ func NewHub(b Broker, load Loader, log *slog.Logger) *Hub {
 		log = slog.New(slog.DiscardHandler)
 	}
 	h := &Hub{
-		broker:  b,
-		load:    load,
-		log:     log,
-		sockets: make(map[*socket]struct{}),
-		stop:    make(chan struct{}),
+		broker:    b,
+		load:      load,
+		log:       log,
+		sockets:   make(map[*socket]struct{}),
+		stop:      make(chan struct{}),
+		republish: make(map[string]failedFrame),
 	}
 	h.base, h.cancelBase = context.WithCancel(context.Background())
 	for i := range h.shards {
@@ -110,9 +123,15 @@ func NewHub(b Broker, load Loader, log *slog.Logger) *Hub {
 // watchers. When the broker reports a reconnection, Run reloads every watched
 // object from the Loader in the background and delivers what is newer than
 // what each watcher has. Run returns what the broker's Run returns, once any
-// reload in progress has stopped.
+// reload in progress has stopped. While it runs, frames the broker refused
+// are published again.
 func (h *Hub) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	rctx, stop := context.WithCancel(ctx)
+	wg.Go(func() { h.republishLoop(rctx) })
 	err := h.broker.Run(ctx, h.deliver, func() { h.resync(ctx) })
+	stop()
+	wg.Wait()
 	h.resyncs.Wait()
 	return err
 }
@@ -120,16 +139,56 @@ func (h *Hub) Run(ctx context.Context) error {
 // Publish sends f through the broker to every instance, this one included.
 // The caller must have written the state to the database first. If the
 // broker fails, f is still delivered to this instance's watchers and the
-// broker's error is returned; other instances catch up on their next resync.
+// broker's error is returned; Run keeps publishing f again in the
+// background until the broker takes it (for up to a minute), since other
+// instances that stayed subscribed would not otherwise learn of it (those
+// that lost the broker too catch up on their resync).
 func (h *Hub) Publish(ctx context.Context, f Frame) error {
 	if f.Object == "" {
 		return errors.New("realtime: publish: frame without object")
 	}
 	if err := h.broker.Publish(ctx, f); err != nil {
 		h.deliver(f)
+		h.republishMu.Lock()
+		if old, ok := h.republish[f.Object]; !ok || f.Version >= old.f.Version {
+			h.republish[f.Object] = failedFrame{f: f, since: time.Now()}
+		}
+		h.republishMu.Unlock()
 		return err
 	}
 	return nil
+}
+
+// republishLoop publishes the refused frames again until ctx ends. A round
+// stops at the first refusal: the broker is still down.
+func (h *Hub) republishLoop(ctx context.Context) {
+	t := time.NewTicker(republishInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.republishMu.Lock()
+		frames := make([]failedFrame, 0, len(h.republish))
+		for _, ff := range h.republish {
+			frames = append(frames, ff)
+		}
+		h.republishMu.Unlock()
+		for _, ff := range frames {
+			if time.Since(ff.since) <= republishFor {
+				if err := h.broker.Publish(ctx, ff.f); err != nil {
+					break
+				}
+			}
+			h.republishMu.Lock()
+			if cur, ok := h.republish[ff.f.Object]; ok && cur.f.Version == ff.f.Version && cur.since.Equal(ff.since) {
+				delete(h.republish, ff.f.Object)
+			}
+			h.republishMu.Unlock()
+		}
+	}
 }
 
 // deliver offers f to every subscription of its object. It never blocks.
@@ -151,6 +210,10 @@ func (h *Hub) shard(object string) *shard {
 	}
 	return &h.shards[x%numShards]
 }
+
+// Stopping is closed when Shutdown begins: long-polls waiting on a
+// Subscription should answer then with what they have.
+func (h *Hub) Stopping() <-chan struct{} { return h.stop }
 
 // Subscribe registers interest in object. Call it BEFORE reading the
 // object's state (subscribe-then-read), so that no change can fall between

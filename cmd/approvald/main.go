@@ -27,7 +27,8 @@ import (
 const usage = `usage: approvald [command]
 
 commands:
-  serve                 run the service (the default)
+  serve [--demo]        run the service (the default); --demo also serves the demo
+                        site, phone and mailbox at /demo/ (never in production)
   migrate               apply database migrations and exit
   healthcheck           exit 0 when the local instance is ready (for container health checks)
   apikey create NAME    make an API key; prints the key alone (shown once)
@@ -43,18 +44,29 @@ func main() {
 
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 {
+	if len(args) > 0 && !isDemoFlag(args[0]) {
 		cmd, args = args[0], args[1:]
 	}
 	if cmd == "-h" || cmd == "--help" || cmd == "help" {
 		fmt.Fprint(stdout, usage)
 		return 0
 	}
+	demo := false
+	if cmd == "serve" {
+		for _, a := range args {
+			if !isDemoFlag(a) {
+				fmt.Fprintf(stderr, "approvald: serve takes only --demo, got %q\n\n%s", a, usage)
+				return 2
+			}
+			demo = true
+		}
+	}
 	cfg, err := config.Load(getenv)
 	if err != nil {
 		fmt.Fprintf(stderr, "approvald: bad configuration:\n%v\n", err)
 		return 2
 	}
+	cfg.Demo = cfg.Demo || demo
 	log := newLogger(cfg, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -80,6 +92,8 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	}
 	return 0
 }
+
+func isDemoFlag(a string) bool { return a == "--demo" || a == "-demo" }
 
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level

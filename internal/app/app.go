@@ -16,6 +16,7 @@ import (
 	"github.com/clicktopurchase/approvald/internal/approval"
 	"github.com/clicktopurchase/approvald/internal/auth"
 	"github.com/clicktopurchase/approvald/internal/config"
+	"github.com/clicktopurchase/approvald/internal/demo"
 	"github.com/clicktopurchase/approvald/internal/httpapi"
 	"github.com/clicktopurchase/approvald/internal/mail"
 	"github.com/clicktopurchase/approvald/internal/metrics"
@@ -159,6 +160,19 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 		Metrics: a.Metrics.Handler(),
 	}, log)
 	a.HTTP.Register(web.New(svc, cfg.Brand, log, a.HTTP.ClientIP).Register)
+	if cfg.Demo {
+		// The demo site is a relying party like any other: its own API key,
+		// stored hashed; the key itself lives only in this process.
+		key, name := auth.NewSecret("apk_"), "demo-"+auth.NewID()[:8]
+		if err := st.CreateAPIKey(ctx, &approval.APIKey{ID: auth.NewID(), Name: name, Hash: auth.HashSecret(key), CreatedAt: time.Now().UTC()}); err != nil {
+			return nil, fmt.Errorf("demo API key: %w", err)
+		}
+		log.Warn("DEMO MODE IS ON: anyone who can reach this instance can sign in to the demo site as any user, and "+
+			"/demo/mail shows the live links of every mail. Never run --demo in production.",
+			"site", cfg.PublicURL+"/demo/", "phone", cfg.PublicURL+"/demo/phone", "mailbox", a.DevMail != nil, "api_key", name)
+		a.HTTP.Register(demo.New(demo.Options{PublicURL: cfg.PublicURL, APIKey: key, Brand: cfg.Brand, Mail: a.DevMail,
+			ClientIP: a.HTTP.ClientIP, Log: log}).Register)
+	}
 	return a, nil
 }
 
@@ -227,6 +241,8 @@ func (e events) Publish(ctx context.Context, object string, version int64, final
 }
 
 func (e events) Subscribe(object string) approval.Subscription { return e.hub.Subscribe(object) }
+
+func (e events) Stopping() <-chan struct{} { return e.hub.Stopping() }
 
 // Serve runs the instance on ln until ctx ends, then shuts down: stop
 // accepting, close sockets with 1001, finish requests in flight, close the

@@ -240,6 +240,9 @@ func (s *Service) GetChallenge(ctx context.Context, id string, wait time.Duratio
 		case <-ctx.Done():
 			exp.Stop()
 			return c, nil
+		case <-s.events.Stopping():
+			exp.Stop()
+			return c, nil
 		}
 		exp.Stop()
 		if c, err = s.getChallenge(ctx, id); err != nil {

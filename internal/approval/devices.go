@@ -348,6 +348,8 @@ func (s *Service) DeviceChallenges(ctx context.Context, d *Device, wait time.Dur
 			return out, nil
 		case <-ctx.Done():
 			return out, nil
+		case <-s.events.Stopping():
+			return out, nil
 		}
 	}
 }

@@ -77,6 +77,9 @@ type Events interface {
 	Publish(ctx context.Context, object string, version int64, final bool, data []byte)
 	// Subscribe registers interest before the caller reads state.
 	Subscribe(object string) Subscription
+	// Stopping is closed when the instance shuts down: long-polls answer
+	// at once with the current state.
+	Stopping() <-chan struct{}
 }
 
 // Subscription signals on C when a newer frame of its object arrived.

@@ -82,6 +82,12 @@ func (s *Service) Load(ctx context.Context, key string) (*Watched, error) {
 			return nil, ErrNotFound
 		}
 		return &Watched{Object: key, Version: e.Version, Final: e.Final(), Data: e.WatchJSON()}, nil
+	case strings.HasPrefix(key, "u:"):
+		// A user's pending list, which device long-polls wait on: there is
+		// nothing to load, but a resync (after Redis was away) must wake
+		// them so that they read the list again. The version is the
+		// clock, as publishChallenge's, so it is newer than any before.
+		return &Watched{Object: key, Version: s.now().UnixNano()}, nil
 	}
 	return nil, ErrNotFound
 }

@@ -43,6 +43,10 @@ type Config struct {
 	SMTPURL            string
 	MailFrom           string
 	Brand              string
+
+	// Demo serves the demo site, phone and mailbox under /demo/ (the
+	// --demo flag of serve, or APPROVALD_DEMO=1). Never in production.
+	Demo bool
 }
 
 // FCMEnabled reports whether FCM is configured (credentials or a fake's endpoint).
@@ -84,6 +88,7 @@ var Settings = []Setting{
 	{"APPROVALD_SMTP_URL", "(none)", "`smtp://user:pass@host:port` (STARTTLS when offered) or `smtps://...` (TLS from the start). Without it mails go to the log and the development mailbox."},
 	{"APPROVALD_MAIL_FROM", "approvald <no-reply@localhost>", "The From address of mails."},
 	{"APPROVALD_BRAND", "clicktopurchase", "The name in mail subjects and pages."},
+	{"APPROVALD_DEMO", "(off)", "`1` (or `approvald serve --demo`) also serves the demo site, the in-browser phone and the development mailbox under `/demo/`, with an API key made at start. Never in production: `/demo/mail` shows live email links."},
 	{"APPROVALD_LOG_FORMAT", "text", "`text` or `json`."},
 	{"APPROVALD_LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`."},
 }
@@ -164,6 +169,13 @@ func Load(getenv func(string) string) (*Config, error) {
 	c.SMTPURL = get("APPROVALD_SMTP_URL", "")
 	c.MailFrom = get("APPROVALD_MAIL_FROM", "approvald <no-reply@localhost>")
 	c.Brand = get("APPROVALD_BRAND", "clicktopurchase")
+	switch d := strings.ToLower(get("APPROVALD_DEMO", "0")); d {
+	case "1", "true", "yes", "on":
+		c.Demo = true
+	case "0", "false", "no", "off":
+	default:
+		bad("APPROVALD_DEMO", "must be 1 or 0, got %q", d)
+	}
 	if !printableLine(c.Brand) || len(c.Brand) > 64 {
 		bad("APPROVALD_BRAND", "must be 1 to 64 printable characters")
 	}
