@@ -39,7 +39,15 @@ type Options struct {
 	PongWait time.Duration
 	// WriteWait bounds every write to a socket (DefaultWriteWait).
 	WriteWait time.Duration
+	// SafetyResync is how often every watched object is re-read from the
+	// database even while the broker is connected (DefaultSafetyResync):
+	// a frame lost without an error (an instance that died between its
+	// write and its publish) then reaches its watchers late, not never.
+	SafetyResync time.Duration
 }
+
+// DefaultSafetyResync is the default Options.SafetyResync.
+const DefaultSafetyResync = 30 * time.Second
 
 func (o Options) withDefaults() Options {
 	if o.PingInterval <= 0 {
@@ -50,6 +58,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.WriteWait <= 0 {
 		o.WriteWait = DefaultWriteWait
+	}
+	if o.SafetyResync <= 0 {
+		o.SafetyResync = DefaultSafetyResync
 	}
 	return o
 }
@@ -129,6 +140,18 @@ func (h *Hub) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	rctx, stop := context.WithCancel(ctx)
 	wg.Go(func() { h.republishLoop(rctx) })
+	wg.Go(func() {
+		t := time.NewTicker(h.Options.withDefaults().SafetyResync)
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C:
+				h.resync(rctx)
+			}
+		}
+	})
 	err := h.broker.Run(ctx, h.deliver, func() { h.resync(ctx) })
 	stop()
 	wg.Wait()

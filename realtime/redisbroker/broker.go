@@ -82,8 +82,9 @@ type Broker struct {
 	channel string
 	cfg     config
 
-	subscribed atomic.Int64  // Runs currently subscribed
-	reconnects atomic.Uint64 // subscriptions after a Run's first one
+	subscribed     atomic.Int64  // Runs currently subscribed
+	everSubscribed atomic.Bool   // a Run has subscribed at least once
+	reconnects     atomic.Uint64 // subscriptions after a Run's first one
 }
 
 var _ realtime.Broker = (*Broker)(nil)
@@ -214,11 +215,22 @@ func (b *Broker) Connected() bool { return b.subscribed.Load() > 0 }
 // subscription (a metric of broker reconnections).
 func (b *Broker) Reconnects() uint64 { return b.reconnects.Load() }
 
+// ErrDisconnected is returned by Publish while the broker's subscription
+// is down (Redis is unreachable).
+var ErrDisconnected = errors.New("not connected to Redis")
+
 // Publish sends f to every instance's Run, this one included. It gives up
-// after the publish timeout or when ctx ends, whichever comes first.
+// after the publish timeout or when ctx ends, whichever comes first, and
+// at once with ErrDisconnected while a Run that had subscribed is not.
 func (b *Broker) Publish(ctx context.Context, f realtime.Frame) error {
 	if f.Object == "" {
 		return errors.New("redisbroker: publish: frame without object")
+	}
+	if b.everSubscribed.Load() && !b.Connected() {
+		// Redis is away: fail at once rather than spend the caller's time
+		// in dial retries; the hub delivers locally and publishes again
+		// later, and other instances re-read the database meanwhile.
+		return fmt.Errorf("redisbroker: publish %s: %w", f.Object, ErrDisconnected)
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.publishTimeout)
 	defer cancel()
@@ -329,6 +341,7 @@ func (r *run) subscribed(again bool) {
 	if !again {
 		r.up.Store(true)
 		r.b.subscribed.Add(1)
+		r.b.everSubscribed.Store(true)
 	}
 	if r.everUp {
 		r.b.reconnects.Add(1)

@@ -1,0 +1,310 @@
+package apptest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/clicktopurchase/approvald/internal/app"
+	"github.com/clicktopurchase/approvald/internal/auth"
+	"github.com/clicktopurchase/approvald/internal/config"
+	"github.com/clicktopurchase/approvald/internal/store"
+	"github.com/clicktopurchase/approvald/realtime/redisbroker"
+	"github.com/gorilla/websocket"
+)
+
+// Several instances in one test: a way to stop one of them early, the
+// shared test Redis, and a redis-server of the test's own that it can kill
+// and restart.
+
+// DefaultRedisURL is the Redis used when APPROVALD_TEST_REDIS_URL is unset.
+const DefaultRedisURL = "redis://127.0.0.1:6379/0"
+
+// unavailable skips the test, or fails it when APPROVALD_TEST_REQUIRE_SERVICES=1.
+func unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("APPROVALD_TEST_REQUIRE_SERVICES") == "1" {
+		t.Fatalf(format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// RedisURL returns the shared test Redis (APPROVALD_TEST_REDIS_URL, default
+// DefaultRedisURL) after checking that it answers; if it does not, the test
+// is skipped, or fails when APPROVALD_TEST_REQUIRE_SERVICES=1. Instances of
+// different tests on it share one channel: they receive each other's frames,
+// which is harmless (frames are keyed by random ids and versioned).
+func RedisURL(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv("APPROVALD_TEST_REDIS_URL")
+	if u == "" {
+		u = DefaultRedisURL
+	}
+	b, err := redisbroker.New(u, nil)
+	if err != nil {
+		t.Fatalf("APPROVALD_TEST_REDIS_URL: %v", err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := b.Ping(ctx); err != nil {
+		unavailable(t, "apptest: Redis at %s does not answer (set APPROVALD_TEST_REDIS_URL): %v", b.Addr(), err)
+	}
+	return u
+}
+
+// stopper stops one instance started by StartStoppable.
+type stopper struct {
+	once   sync.Once
+	cancel context.CancelFunc
+	done   <-chan error
+	app    *app.App
+	err    error
+}
+
+var stoppers sync.Map // *Env → *stopper
+
+// StartStoppable runs an instance on st, like StartOn, that Stop can shut
+// down before the test ends (it is stopped at the end of the test
+// otherwise). Its Redis client, if any, is closed once it has stopped.
+func StartStoppable(t testing.TB, st *store.Store, opts ...Option) *Env {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	vars := map[string]string{"APPROVALD_PUBLIC_URL": url, "APPROVALD_DATABASE_URL": "sqlite:unused"}
+	for _, o := range opts {
+		o(vars)
+	}
+	cfg, err := config.Load(func(k string) string { return vars[k] })
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	level := slog.LevelWarn
+	if os.Getenv("APPROVALD_TEST_LOG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("instance", url)
+	ctx, cancel := context.WithCancel(context.Background())
+	skew := new(atomic.Int64)
+	a, err := app.New(ctx, cfg, st, log, app.WithClock(func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }))
+	if err != nil {
+		cancel()
+		ln.Close()
+		t.Fatal(err)
+	}
+	a.SweepInterval = 50 * time.Millisecond
+	done := make(chan error, 1)
+	go func() { done <- a.Serve(ctx, ln) }()
+	e := &Env{URL: url, App: a, Store: st, t: t, skew: skew}
+	stoppers.Store(e, &stopper{cancel: cancel, done: done, app: a})
+	t.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			t.Errorf("serve %s: %v", url, err)
+		}
+		stoppers.Delete(e)
+	})
+	e.APIKey = e.NewAPIKey("rp-" + auth.NewID()[:6])
+	return e
+}
+
+// Stop shuts the instance down as SIGTERM does (stop accepting, close the
+// watch sockets with 1001, finish the requests in flight) and waits for it;
+// it returns what Serve returned. It is idempotent. Only instances started
+// with StartStoppable can be stopped.
+func (e *Env) Stop() error {
+	v, ok := stoppers.Load(e)
+	if !ok {
+		e.t.Fatal("apptest: Stop on an instance not started with StartStoppable")
+	}
+	s := v.(*stopper)
+	s.once.Do(func() {
+		s.cancel()
+		s.err = <-s.done
+		if s.app.Redis != nil {
+			_ = s.app.Redis.Close()
+		}
+	})
+	return s.err
+}
+
+// WaitSubscribed waits until the instance's Redis broker is subscribed to
+// its channel (the test fails after 10 s).
+func (e *Env) WaitSubscribed() {
+	e.t.Helper()
+	if e.App.Redis == nil {
+		e.t.Fatal("apptest: WaitSubscribed on an instance without APPROVALD_REDIS_URL")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !e.App.Redis.Connected() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("apptest: %s did not subscribe to Redis within 10 s", e.URL)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// MustWatchNoOrigin opens a watch socket without an Origin header (as a
+// non-browser client does; instances whose public URL is not their own
+// address refuse MustWatch's Origin) or fails the test.
+func (e *Env) MustWatchNoOrigin(token string) *websocket.Conn {
+	e.t.Helper()
+	c, resp, err := e.Watch(token, "")
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		e.t.Fatalf("watch %s: %v (status %d)", e.URL, err, status)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// RedisServer is a redis-server process of the test's own, on its own port,
+// which the test can kill and restart.
+type RedisServer struct {
+	t      testing.TB
+	bin    string
+	dir    string
+	port   int
+	mu     sync.Mutex
+	proc   *os.Process
+	exited chan error
+}
+
+// StartRedis starts redis-server on a free port below 32768, killed when
+// the test ends. Without a redis-server binary the test is skipped (or
+// fails when APPROVALD_TEST_REQUIRE_SERVICES=1).
+func StartRedis(t testing.TB) *RedisServer {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		unavailable(t, "apptest: redis-server not found: %v", err)
+	}
+	s := &RedisServer{t: t, bin: bin, dir: t.TempDir()}
+	t.Cleanup(s.Kill)
+	for range 20 {
+		s.port = freePort(t)
+		if err := s.start(); err == nil {
+			return s
+		} else {
+			t.Logf("redis-server on port %d: %v; trying another port", s.port, err)
+		}
+	}
+	t.Fatal("apptest: could not start redis-server")
+	return nil
+}
+
+// URL is the server's redis:// URL, for APPROVALD_REDIS_URL.
+func (s *RedisServer) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port) }
+
+// Kill stops the server with SIGKILL, if it runs, and waits for its exit.
+func (s *RedisServer) Kill() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return
+	}
+	_ = s.proc.Signal(syscall.SIGKILL)
+	<-s.exited
+	s.proc = nil
+}
+
+// Restart starts the server again on the same port (an empty Redis).
+func (s *RedisServer) Restart() {
+	s.t.Helper()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("apptest: restart redis-server on port %d: %v", s.port, err)
+	}
+}
+
+func (s *RedisServer) start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil {
+		return errors.New("already running")
+	}
+	logf, err := os.OpenFile(filepath.Join(s.dir, "redis.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", s.dir)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("redis-server exited: %v", err)
+		default:
+		}
+		if pingRedis(s.port) == nil {
+			s.proc, s.exited = cmd.Process, exited
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = cmd.Process.Kill()
+	<-exited
+	return errors.New("redis-server did not answer")
+}
+
+// freePort returns a port in [20000, 32000) that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	for range 100 {
+		p := 20000 + rand.N(12000)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err == nil {
+			_ = l.Close()
+			return p
+		}
+	}
+	t.Fatal("apptest: no free port")
+	return 0
+}
+
+// pingRedis sends PING to a Redis on port and checks for +PONG.
+func pingRedis(port int) error {
+	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if !strings.HasPrefix(line, "+PONG") {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	return nil
+}
