@@ -220,6 +220,12 @@ func TestBadInputChangesNothing(t *testing.T) {
 			{"bad ip", func() *apptest.Response {
 				return env.RP("POST", "/v1/challenges", map[string]any{"user_id": "alice", "action": "login", "ip": "300.1.1.1"})
 			}, 400, "invalid_request"},
+			{"cancel with a member", func() *apptest.Response {
+				return env.RP("POST", "/v1/challenges/"+f.challenge+"/cancel", `{"reason":"x"}`)
+			}, 400, "invalid_request"},
+			{"email to an address the caller chooses", func() *apptest.Response {
+				return env.RP("POST", "/v1/challenges/"+f.challenge+"/email", `{"user_email":"evil@example.com"}`)
+			}, 400, "invalid_request"},
 			{"no API key", func() *apptest.Response { return env.Do("GET", "/v1/challenges/"+f.challenge, nil, "") }, 401, "unauthorized"},
 			{"watch token as an API key", func() *apptest.Response {
 				wt := env.Enroll("frank", nil).Str("watch_token")

@@ -142,6 +142,9 @@ func TestPushToBothProviders(t *testing.T) {
 			return len(fcmFor(e.fcm.Messages(), "fcm-token-1", "challenge")) == 1 && len(apnsFor(e.apns.Messages(), "apns-token-1", "challenge")) == 1
 		})
 		fm := fcmFor(e.fcm.Messages(), "fcm-token-1", "challenge")[0]
+		if fm.Data["expires_at"] != ch.Str("expires_at") {
+			t.Fatalf("FCM expires_at %q, the challenge's %q", fm.Data["expires_at"], ch.Str("expires_at"))
+		}
 		if fm.Data["challenge_id"] != id || fm.Data["action"] != "submit_offer" || fm.Data["title"] != "Approve your offer?" || fm.Data["number_matching"] != "false" {
 			t.Fatalf("FCM data: %v", fm.Data)
 		}

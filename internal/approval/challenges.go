@@ -108,7 +108,9 @@ func (s *Service) CreateChallenge(ctx context.Context, a Actor, scope, idemKey s
 		CreatedAt: now, ExpiresAt: now.Add(time.Duration(ttl) * time.Second), APIKeyName: a.Name,
 	}
 	if ip != "" {
-		c.RequesterKey = req.UserID + "|" + IPKey(ip)
+		// The spec's requester is the pair (user_id, ip), the address as
+		// given (normalised); the /64 grouping is for the IP failure limits.
+		c.RequesterKey = req.UserID + "|" + ip
 	}
 	switch {
 	case !seen[MethodPush]:

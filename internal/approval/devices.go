@@ -68,7 +68,7 @@ func (s *Service) CreateEnrollment(ctx context.Context, a Actor, req CreateEnrol
 		AuthorizedBy: req.AuthorizedBy, StepUpMethod: stepUpMethod, APIKeyName: a.Name,
 	}
 	ended, err := s.store.CreateEnrollment(ctx, e, req.AuthorizedBy, now.Add(-s.rules.StepUpWindow),
-		a.audit("enrollment.created", "enrollment", e.ID, e.UserID, now))
+		withStepUp(a.audit("enrollment.created", "enrollment", e.ID, e.UserID, now), req.AuthorizedBy, stepUpMethod))
 	if isLost(err) {
 		return nil, Errorf(CodeStepUpRequired, "authorized_by was already used")
 	}
@@ -224,7 +224,7 @@ func (s *Service) LinkDevice(ctx context.Context, ip string, req LinkDeviceReque
 	}
 	a := Actor{Type: ActorDevice, Name: dev.ID, IP: ip}
 	res, err := s.store.LinkDevice(ctx, Link{EnrollmentID: e.ID, Device: dev, MaxDevices: s.rules.MaxDevicesPerUser, At: now,
-		Audit: a.audit("device.linked", "device", dev.ID, e.UserID, now)})
+		Audit: withStepUp(a.audit("device.linked", "device", dev.ID, e.UserID, now), e.AuthorizedBy, e.StepUpMethod)})
 	switch {
 	case errors.Is(err, ErrStepUpRequired):
 		ended, err := s.store.EndEnrollment(ctx, e.ID, now, a.audit("enrollment.ended_step_up", "enrollment", e.ID, e.UserID, now))
@@ -428,3 +428,11 @@ type storageError struct{ err error }
 
 func (e *storageError) Error() string { return "storage: " + e.err.Error() }
 func (e *storageError) Unwrap() error { return e.err }
+
+// withStepUp records in an audit entry the step-up that authorised it.
+func withStepUp(e AuditEntry, authorizedBy, method string) AuditEntry {
+	if method != "" {
+		e.Detail, _ = json.Marshal(map[string]string{"authorized_by": authorizedBy, "step_up_method": method})
+	}
+	return e
+}

@@ -148,8 +148,8 @@ func (d *Device) View() DeviceView {
 
 // Requester describes who asked, shown on the phone.
 type Requester struct {
-	IP        string `json:"ip,omitempty"`
-	UserAgent string `json:"user_agent,omitempty"`
+	IP        string `json:"ip"`         // "" when the RP gave none
+	UserAgent string `json:"user_agent"` // "" when the RP gave none
 }
 
 // DeviceChallengeView is a pending challenge as the device sees it: never

@@ -120,8 +120,8 @@ func verifyDevice(ctx context.Context, token string, lookup KeyLookup, audience 
 		return nil, err
 	}
 	life := c.Exp - c.Iat
-	if life <= 0 || life > int64(MaxAssertionLifetime/time.Second) {
-		return nil, invalid("exp - iat must be in (0, %d] seconds", int64(MaxAssertionLifetime/time.Second))
+	if life < 0 || life > int64(MaxAssertionLifetime/time.Second) {
+		return nil, invalid("exp - iat must be in [0, %d] seconds", int64(MaxAssertionLifetime/time.Second))
 	}
 	if now.Before(time.Unix(c.Iat, 0).Add(-Skew)) {
 		return nil, invalid("token not yet valid (iat in the future)")

@@ -184,6 +184,10 @@ func (s *Server) getChallenge(w http.ResponseWriter, r *http.Request, a approval
 }
 
 func (s *Server) cancelChallenge(w http.ResponseWriter, r *http.Request, a approval.Actor) {
+	if err := emptyBody(w, r); err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
 	c, err := s.svc.CancelChallenge(r.Context(), a, r.PathValue("id"))
 	if err != nil {
 		writeError(w, r, s.log, err)
@@ -261,8 +265,8 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 // waiting browser (the challenge's own watch token).
 func (s *Server) requestEmail(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if r.ContentLength > MaxBody {
-		writeProblem(w, approval.Errorf(approval.CodeTooLarge, "the body is larger than %d bytes", MaxBody))
+	if err := emptyBody(w, r); err != nil {
+		writeError(w, r, s.log, err)
 		return
 	}
 	var a approval.Actor
@@ -285,4 +289,15 @@ func (s *Server) requestEmail(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"sent_to": mail.Mask(sent.To), "expires_at": approval.RFC3339(sent.ExpiresAt)})
+}
+
+// emptyBody accepts a route that takes no body: none at all, or a JSON
+// object without members ({}). Anything else is refused like any body
+// (415, 413, 400 for a member: unknown members are always refused).
+func emptyBody(w http.ResponseWriter, r *http.Request) error {
+	if r.ContentLength == 0 && len(r.TransferEncoding) == 0 {
+		return nil
+	}
+	var none struct{}
+	return decode(w, r, &none)
 }

@@ -6,6 +6,7 @@ package web
 import (
 	"bytes"
 	"embed"
+	"errors"
 	"html/template"
 	"log/slog"
 	"net/http"
@@ -89,10 +90,15 @@ func (p *Pages) get(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Pages) post(w http.ResponseWriter, r *http.Request) {
-	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 	if err := r.ParseForm(); err != nil {
 		pageHeaders(w)
-		http.Error(w, "The form could not be read.", http.StatusBadRequest)
+		status := http.StatusBadRequest
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		http.Error(w, "The form could not be read. Nothing was changed.", status)
 		return
 	}
 	decision := r.PostForm.Get("decision")

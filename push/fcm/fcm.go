@@ -180,7 +180,7 @@ func build(token string, m push.Message, now time.Time) *messaging.Message {
 			"action":          m.Action,
 			"title":           m.Title,
 			"body":            m.Body,
-			"expires_at":      m.ExpiresAt.UTC().Format(time.RFC3339),
+			"expires_at":      m.ExpiresAt.UTC().Format("2006-01-02T15:04:05.999Z07:00"), // as the API writes it
 			"number_matching": strconv.FormatBool(m.NumberMatching),
 		}
 	case push.KindResolved:

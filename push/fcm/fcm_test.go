@@ -95,7 +95,7 @@ func TestChallengeMessageJSON(t *testing.T) {
 			"number_matching": "true"
 		},
 		"android": {"collapse_key": "ch_8f3a", "priority": "high", "ttl": "180s"}
-	}`, m.ExpiresAt.UTC().Format(time.RFC3339))))
+	}`, m.ExpiresAt.UTC().Format("2006-01-02T15:04:05.999Z07:00"))))
 	msg := decode(t, g.Raw)
 	// The TTL is the remaining life in whole seconds: 180s, or 179s on a
 	// machine slow enough to spend half a second before the send.
