@@ -122,17 +122,28 @@ func (s *Service) CreateChallenge(ctx context.Context, a Actor, scope, idemKey s
 		c.PushDevices = len(devices)
 	}
 	wantNumber := s.numberMatching(req.Action, req.NumberMatching != nil && *req.NumberMatching)
+	if idemKey == "" {
+		// No replay is possible: refuse before taking the user's lock.
+		if err := s.checkLock(ctx, req.UserID, now); err != nil {
+			return nil, err
+		}
+		if seen[MethodPush] && len(devices) == 0 && len(methods) == 1 {
+			return nil, Errorf(CodeNoDevice, "the user has no linked device and push is the only method")
+		}
+	}
 	n := NewChallenge{
 		Challenge: c, Since: now.Add(-s.rules.LimitWindow),
 		Audit: a.audit("challenge.created", "challenge", c.ID, c.UserID, now),
 		// Check runs only for a new challenge: a retry with a known
 		// Idempotency-Key gets the first answer whatever changed since.
 		Check: func(k ChallengeCounts) error {
-			if err := s.checkLock(ctx, req.UserID, now); err != nil {
-				return err
-			}
-			if seen[MethodPush] && len(devices) == 0 && len(methods) == 1 {
-				return Errorf(CodeNoDevice, "the user has no linked device and push is the only method")
+			if idemKey != "" {
+				if err := s.checkLock(ctx, req.UserID, now); err != nil {
+					return err
+				}
+				if seen[MethodPush] && len(devices) == 0 && len(methods) == 1 {
+					return Errorf(CodeNoDevice, "the user has no linked device and push is the only method")
+				}
 			}
 			if k.RequesterPending >= s.rules.RequesterMaxPending || k.UserPending >= s.rules.UserMaxPending {
 				return rateLimited("too many pending challenges for this user", time.Minute)
