@@ -96,10 +96,12 @@ func (s *Service) pushChallenge(c *Challenge, devices []Device) (state string, p
 		sender push.Sender
 	}
 	var jobs []job
+	pollers := 0
 	for _, d := range devices {
 		switch {
 		case d.PushProvider == "none":
 			polling = true
+			pollers++
 		case d.PushTokenInvalid || d.PushToken == "":
 			s.log.Info("push skipped: the device's push token is invalid until the app sends a new one", "device", d.ID)
 		case s.pushers[d.PushProvider] == nil:
@@ -108,10 +110,7 @@ func (s *Service) pushChallenge(c *Challenge, devices []Device) (state string, p
 			jobs = append(jobs, job{d, s.pushers[d.PushProvider]})
 		}
 	}
-	pushed = len(jobs)
-	if polling {
-		pushed++
-	}
+	pushed = len(jobs) + pollers
 	if len(jobs) == 0 {
 		if polling {
 			return DeliverySent, pushed

@@ -58,7 +58,7 @@ func (s *Service) RequestEmail(ctx context.Context, a Actor, id string) (*EmailS
 		return nil, notPending(c.Status)
 	}
 	if c.EmailsSent >= MaxEmailsPerChallenge {
-		return nil, rateLimited("at most 3 emails per challenge", time.Until(c.ExpiresAt))
+		return nil, rateLimited("at most 3 emails per challenge", c.ExpiresAt.Sub(now))
 	}
 	if s.mailer == nil {
 		return nil, Errorf(CodeUnavailable, "email is not configured")
@@ -75,7 +75,7 @@ func (s *Service) RequestEmail(ctx context.Context, a Actor, id string) (*EmailS
 		if cur.Final() {
 			return nil, notPending(cur.Status)
 		}
-		return nil, rateLimited("at most 3 emails per challenge", time.Until(cur.ExpiresAt))
+		return nil, rateLimited("at most 3 emails per challenge", cur.ExpiresAt.Sub(s.clock()))
 	}
 	if err != nil {
 		return nil, internal("request email", err)
