@@ -1,12 +1,10 @@
 package demo_test
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/clicktopurchase/approvald/internal/browsertest"
 )
 
 // The demo in a real browser: one headless Chromium, driven with chromedp
@@ -36,71 +35,11 @@ const (
 	readmeMax    = 80 << 10 // bytes
 )
 
-// chromiumPath returns the path of a Chromium or Chrome binary, or "".
-func chromiumPath() string {
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	return ""
-}
-
-// skipOrFailBrowser skips without a browser, unless the services are
-// required (CI), where it fails.
-func skipOrFailBrowser(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("APPROVALD_TEST_REQUIRE_SERVICES") == "1" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
-// launchChromium starts one headless Chromium for the test; tabs are
-// children of the context it returns.
-func launchChromium(t *testing.T, path string) context.Context {
-	t.Helper()
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(path),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-background-timer-throttling", true),
-		chromedp.Flag("disable-renderer-backgrounding", true),
-		chromedp.Flag("disable-backgrounding-occluded-windows", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(readmeWidth, 900), // phone-sized
-	}
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	t.Cleanup(cancelAlloc)
-	browserCtx, cancelBrowser := chromedp.NewContext(allocCtx)
-	t.Cleanup(cancelBrowser)
-	started := make(chan error, 1)
-	go func() { started <- chromedp.Do(browserCtx) }() // starts the browser, bound to browserCtx
-	select {
-	case err := <-started:
-		if err != nil {
-			skipOrFailBrowser(t, "Chromium (%s) does not start: %v", path, err)
-		}
-	case <-time.After(30 * time.Second):
-		skipOrFailBrowser(t, "Chromium (%s) did not start within 30 s", path)
-	}
-	return browserCtx
-}
-
-// shots saves screenshots: every key screen, full page, into dir; with
-// -update-screenshots, a few small viewport ones into screenshots/.
+// shots numbers the screenshots: every key screen, full page, saved by
+// browsertest.Screenshot; with -update-screenshots, a few small viewport
+// ones into screenshots/.
 type shots struct {
-	dir string
-	n   int
+	n int
 }
 
 // tab is one browser tab.
@@ -178,17 +117,8 @@ func (tb *tab) shot(t *testing.T, name string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(tb.ctx, stepTimeout)
 	defer cancel()
-	img, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-	if err != nil {
-		t.Fatalf("screenshot %s: %v", name, err)
-	}
-	isPNG(t, name, img)
 	tb.sh.n++
-	path := filepath.Join(tb.sh.dir, fmt.Sprintf("demo-%02d-%s.png", tb.sh.n, name))
-	if err := os.WriteFile(path, img, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("screenshot: %s", path)
+	browsertest.Screenshot(t, ctx, fmt.Sprintf("demo-%02d-%s.png", tb.sh.n, name))
 }
 
 // readmeShot, with -update-screenshots, writes a small screenshot of the
@@ -216,7 +146,7 @@ func (tb *tab) readmeShot(t *testing.T, name string) {
 		if err != nil {
 			t.Fatalf("README screenshot %s: %v", name, err)
 		}
-		isPNG(t, name, b)
+		browsertest.CheckPNG(t, name, b)
 		img = b
 		if len(img) <= readmeMax {
 			break
@@ -258,13 +188,6 @@ func (tb *tab) followMailLink(t *testing.T, to string) {
 	tb.do(t, "follow the link", click(link), visible(`button[value="approve"]`))
 }
 
-func isPNG(t *testing.T, name string, b []byte) {
-	t.Helper()
-	if !bytes.HasPrefix(b, []byte("\x89PNG\r\n\x1a\n")) {
-		t.Fatalf("screenshot %s is not a PNG", name)
-	}
-}
-
 func css(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 
 func click(sel string) chromedp.Action[chromedp.Void] { return chromedp.Click(css(sel)) }
@@ -275,18 +198,6 @@ func typeInto(sel, text string) chromedp.Action[chromedp.Void] {
 	return chromedp.SendKeys(css(sel), text)
 }
 
-func artefactsDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("APPROVALD_ARTIFACTS")
-	if dir == "" {
-		return t.TempDir()
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 var (
 	linkCodeRE  = regexp.MustCompile(`^[0-9A-Z]{4}-[0-9A-Z]{4}$`)
 	countdownRE = regexp.MustCompile(`^\d+:\d\d$`)
@@ -294,13 +205,10 @@ var (
 )
 
 func TestBrowserDemo(t *testing.T) {
-	path := chromiumPath()
-	if path == "" {
-		skipOrFailBrowser(t, "Chromium not found (apt-get install chromium)")
-	}
+	browsertest.Chromium(t) // skip before starting anything without one
 	env := start(t)
-	chrome := launchChromium(t, path) // after start: its cleanup runs first
-	sh := &shots{dir: artefactsDir(t)}
+	chrome := browsertest.New(t, browsertest.WindowSize(readmeWidth, 900)) // after start: its cleanup runs first
+	sh := &shots{}
 	site := newTab(t, chrome, "site", env.URL, sh)
 	phone := newTab(t, chrome, "phone", env.URL, sh)
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/clicktopurchase/approvald/realtime"
+	"github.com/clicktopurchase/approvald/realtime/redisbroker/redistest"
 )
 
 func TestBrokerSuite(t *testing.T) {
@@ -150,7 +151,7 @@ func silentServer(t *testing.T) string {
 // Publish and Ping never hang on a dead or silent Redis.
 func TestDownRedisDoesNotHang(t *testing.T) {
 	t.Parallel()
-	refused := "redis://127.0.0.1:" + itoa(freePort(t)) + "/0"
+	refused := "redis://127.0.0.1:" + itoa(redistest.FreePort(t)) + "/0"
 	for name, url := range map[string]string{"refused": refused, "silent": silentServer(t)} {
 		t.Run(name, func(t *testing.T) {
 			b := newBroker(t, url, WithPublishTimeout(500*time.Millisecond))
@@ -192,7 +193,7 @@ func TestDownRedisDoesNotHang(t *testing.T) {
 func TestRunWhileDown(t *testing.T) {
 	t.Parallel()
 	for name, url := range map[string]string{
-		"refused": "redis://127.0.0.1:" + itoa(freePort(t)) + "/0",
+		"refused": "redis://127.0.0.1:" + itoa(redistest.FreePort(t)) + "/0",
 		"silent":  silentServer(t),
 	} {
 		t.Run(name, func(t *testing.T) {

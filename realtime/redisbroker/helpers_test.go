@@ -1,56 +1,24 @@
 package redisbroker
 
 import (
-	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/clicktopurchase/approvald/realtime"
+	"github.com/clicktopurchase/approvald/realtime/redisbroker/redistest"
 )
-
-const defaultTestURL = "redis://127.0.0.1:6379/0"
-
-// unavailable skips the test, or fails it when the CI requires services.
-func unavailable(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("APPROVALD_TEST_REQUIRE_SERVICES") == "1" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
 
 // testRedisURL returns the URL of the shared test Redis, skipping the test
 // if it does not answer.
 func testRedisURL(t testing.TB) string {
 	t.Helper()
-	u := os.Getenv("APPROVALD_TEST_REDIS_URL")
-	if u == "" {
-		u = defaultTestURL
-	}
-	b, err := New(u, nil)
-	if err != nil {
-		t.Fatalf("APPROVALD_TEST_REDIS_URL: %v", err)
-	}
-	defer b.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := b.Ping(ctx); err != nil {
-		unavailable(t, "redis at %s does not answer: %v", b.Addr(), err)
-	}
-	return u
+	return redistest.URL(t, func(u string) (redistest.Client, error) { return New(u, nil) })
 }
 
 // uniquePrefix returns a channel prefix that no other test uses.
@@ -158,117 +126,4 @@ func waitProbe(t testing.TB, pub *Broker, c *collector) {
 	if !ok {
 		t.Fatal("no probe frame reached Run")
 	}
-}
-
-// redisServer is a redis-server process of the test's own, on its own port.
-type redisServer struct {
-	t      testing.TB
-	bin    string
-	dir    string
-	port   int
-	proc   *os.Process
-	exited chan error // receives the exit of proc
-}
-
-// startRedisServer starts redis-server on a free port below 32768.
-func startRedisServer(t testing.TB) *redisServer {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		unavailable(t, "redis-server not found: %v", err)
-	}
-	s := &redisServer{t: t, bin: bin, dir: t.TempDir()}
-	t.Cleanup(s.kill)
-	for range 20 {
-		s.port = freePort(t)
-		err := s.start()
-		if err == nil {
-			return s
-		}
-		t.Logf("redis-server on port %d: %v; trying another port", s.port, err)
-	}
-	t.Fatal("could not start redis-server")
-	return nil
-}
-
-// freePort returns a port in [20000, 32000) that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 100 {
-		p := 20000 + rand.N(12000)
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err == nil {
-			_ = l.Close()
-			return p
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-func (s *redisServer) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port) }
-
-// start starts the server on s.port and waits until it answers PING.
-func (s *redisServer) start() error {
-	logf, err := os.OpenFile(filepath.Join(s.dir, "redis.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", s.dir)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("redis-server exited: %v", err)
-		default:
-		}
-		if pingRaw(s.port) == nil {
-			s.proc, s.exited = cmd.Process, exited
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	_ = cmd.Process.Kill()
-	<-exited
-	return errors.New("redis-server did not answer")
-}
-
-// kill stops the server with SIGKILL, if it runs, and waits for its exit.
-func (s *redisServer) kill() {
-	if s.proc == nil {
-		return
-	}
-	_ = s.proc.Signal(syscall.SIGKILL)
-	<-s.exited
-	s.proc = nil
-}
-
-// pingRaw sends PING to a Redis on port and checks for +PONG.
-func pingRaw(port int) error {
-	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "+PONG") {
-		return fmt.Errorf("PING answered %q", line)
-	}
-	return nil
 }

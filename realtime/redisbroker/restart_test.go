@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/clicktopurchase/approvald/realtime"
+	"github.com/clicktopurchase/approvald/realtime/redisbroker/redistest"
 )
 
 // mapDB is the test's "database", the truth the hub's Loader reads.
@@ -103,8 +104,8 @@ func waitFrame(sub *realtime.Subscription, d time.Duration, ok func(realtime.Fra
 // restart the broker resubscribes, resyncs, and fan-out is fast again.
 func TestRedisRestart(t *testing.T) {
 	t.Parallel()
-	srv := startRedisServer(t)
-	b := newBroker(t, srv.url(), WithPrefix(uniquePrefix()))
+	srv := redistest.Start(t)
+	b := newBroker(t, srv.URL(), WithPrefix(uniquePrefix()))
 	cb := &countingBroker{Broker: b}
 	db := newMapDB()
 	hub := startHub(t, cb, db)
@@ -127,7 +128,7 @@ func TestRedisRestart(t *testing.T) {
 		t.Fatal("frame published through Redis not delivered")
 	}
 
-	srv.kill()
+	srv.Kill()
 	killed := time.Now()
 	if !eventually(5*time.Second, func() bool { return !b.Connected() }) {
 		t.Fatal("still Connected 5s after Redis was killed")
@@ -163,9 +164,7 @@ func TestRedisRestart(t *testing.T) {
 	y := hub.Subscribe("c:y")
 	defer y.Close()
 
-	if err := srv.start(); err != nil {
-		t.Fatalf("restart redis-server on port %d: %v", srv.port, err)
-	}
+	srv.Restart()
 	restarted := time.Now()
 	if !eventually(10*time.Second, b.Connected) {
 		t.Fatal("broker did not resubscribe after the restart")
@@ -194,8 +193,8 @@ func TestRedisRestart(t *testing.T) {
 // alone brings a decision made while Redis was down.
 func TestRedisRestartResyncsOnResubscribe(t *testing.T) {
 	t.Parallel()
-	srv := startRedisServer(t)
-	b := newBroker(t, srv.url(), WithPrefix(uniquePrefix()), WithResyncInterval(time.Hour))
+	srv := redistest.Start(t)
+	b := newBroker(t, srv.URL(), WithPrefix(uniquePrefix()), WithResyncInterval(time.Hour))
 	db := newMapDB()
 	hub := startHub(t, b, db)
 	if !eventually(5*time.Second, b.Connected) {
@@ -205,7 +204,7 @@ func TestRedisRestartResyncsOnResubscribe(t *testing.T) {
 	z := hub.Subscribe("c:z")
 	defer z.Close()
 
-	srv.kill()
+	srv.Kill()
 	if !eventually(5*time.Second, func() bool { return !b.Connected() }) {
 		t.Fatal("still Connected after Redis was killed")
 	}
@@ -213,9 +212,7 @@ func TestRedisRestartResyncsOnResubscribe(t *testing.T) {
 	if f, ok := waitFrame(z, time.Second, func(f realtime.Frame) bool { return f.Final }); ok {
 		t.Fatalf("final frame %+v arrived with Redis down and no periodic resync", f)
 	}
-	if err := srv.start(); err != nil {
-		t.Fatalf("restart redis-server: %v", err)
-	}
+	srv.Restart()
 	restarted := time.Now()
 	if _, ok := waitFrame(z, 10*time.Second, func(f realtime.Frame) bool { return f.Final }); !ok {
 		t.Fatal("final state not delivered after the resubscription")
@@ -230,18 +227,16 @@ func TestRedisRestartResyncsOnResubscribe(t *testing.T) {
 // can subscribe it resyncs once more.
 func TestRedisDownAtStart(t *testing.T) {
 	t.Parallel()
-	srv := startRedisServer(t)
-	srv.kill()
-	b := newBroker(t, srv.url(), WithPrefix(uniquePrefix()), WithResyncInterval(300*time.Millisecond))
+	srv := redistest.Start(t)
+	srv.Kill()
+	b := newBroker(t, srv.URL(), WithPrefix(uniquePrefix()), WithResyncInterval(300*time.Millisecond))
 	cb := &countingBroker{Broker: b}
 	c := newCollector()
 	startRun(t, cb, c.deliver, func() {})
 	if !eventually(3*time.Second, func() bool { return cb.resyncs.Load() >= 2 }) {
 		t.Fatal("no periodic resync while Redis is down at start")
 	}
-	if err := srv.start(); err != nil {
-		t.Fatal(err)
-	}
+	srv.Restart()
 	if !eventually(10*time.Second, b.Connected) {
 		t.Fatal("did not subscribe once Redis came up")
 	}

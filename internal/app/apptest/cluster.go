@@ -1,21 +1,12 @@
 package apptest
 
 import (
-	"bufio"
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +15,7 @@ import (
 	"github.com/clicktopurchase/approvald/internal/config"
 	"github.com/clicktopurchase/approvald/internal/store"
 	"github.com/clicktopurchase/approvald/realtime/redisbroker"
+	"github.com/clicktopurchase/approvald/realtime/redisbroker/redistest"
 	"github.com/gorilla/websocket"
 )
 
@@ -32,16 +24,7 @@ import (
 // and restart.
 
 // DefaultRedisURL is the Redis used when APPROVALD_TEST_REDIS_URL is unset.
-const DefaultRedisURL = "redis://127.0.0.1:6379/0"
-
-// unavailable skips the test, or fails it when APPROVALD_TEST_REQUIRE_SERVICES=1.
-func unavailable(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("APPROVALD_TEST_REQUIRE_SERVICES") == "1" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
+const DefaultRedisURL = redistest.DefaultURL
 
 // RedisURL returns the shared test Redis (APPROVALD_TEST_REDIS_URL, default
 // DefaultRedisURL) after checking that it answers; if it does not, the test
@@ -50,21 +33,7 @@ func unavailable(t testing.TB, format string, args ...any) {
 // which is harmless (frames are keyed by random ids and versioned).
 func RedisURL(t testing.TB) string {
 	t.Helper()
-	u := os.Getenv("APPROVALD_TEST_REDIS_URL")
-	if u == "" {
-		u = DefaultRedisURL
-	}
-	b, err := redisbroker.New(u, nil)
-	if err != nil {
-		t.Fatalf("APPROVALD_TEST_REDIS_URL: %v", err)
-	}
-	defer b.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := b.Ping(ctx); err != nil {
-		unavailable(t, "apptest: Redis at %s does not answer (set APPROVALD_TEST_REDIS_URL): %v", b.Addr(), err)
-	}
-	return u
+	return redistest.URL(t, func(u string) (redistest.Client, error) { return redisbroker.New(u, nil) })
 }
 
 // stopper stops one instance started by StartStoppable.
@@ -180,131 +149,12 @@ func (e *Env) MustWatchNoOrigin(token string) *websocket.Conn {
 
 // RedisServer is a redis-server process of the test's own, on its own port,
 // which the test can kill and restart.
-type RedisServer struct {
-	t      testing.TB
-	bin    string
-	dir    string
-	port   int
-	mu     sync.Mutex
-	proc   *os.Process
-	exited chan error
-}
+type RedisServer = redistest.Server
 
 // StartRedis starts redis-server on a free port below 32768, killed when
 // the test ends. Without a redis-server binary the test is skipped (or
 // fails when APPROVALD_TEST_REQUIRE_SERVICES=1).
 func StartRedis(t testing.TB) *RedisServer {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		unavailable(t, "apptest: redis-server not found: %v", err)
-	}
-	s := &RedisServer{t: t, bin: bin, dir: t.TempDir()}
-	t.Cleanup(s.Kill)
-	for range 20 {
-		s.port = freePort(t)
-		if err := s.start(); err == nil {
-			return s
-		} else {
-			t.Logf("redis-server on port %d: %v; trying another port", s.port, err)
-		}
-	}
-	t.Fatal("apptest: could not start redis-server")
-	return nil
-}
-
-// URL is the server's redis:// URL, for APPROVALD_REDIS_URL.
-func (s *RedisServer) URL() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", s.port) }
-
-// Kill stops the server with SIGKILL, if it runs, and waits for its exit.
-func (s *RedisServer) Kill() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == nil {
-		return
-	}
-	_ = s.proc.Signal(syscall.SIGKILL)
-	<-s.exited
-	s.proc = nil
-}
-
-// Restart starts the server again on the same port (an empty Redis).
-func (s *RedisServer) Restart() {
-	s.t.Helper()
-	if err := s.start(); err != nil {
-		s.t.Fatalf("apptest: restart redis-server on port %d: %v", s.port, err)
-	}
-}
-
-func (s *RedisServer) start() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc != nil {
-		return errors.New("already running")
-	}
-	logf, err := os.OpenFile(filepath.Join(s.dir, "redis.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(s.bin, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", s.dir)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("redis-server exited: %v", err)
-		default:
-		}
-		if pingRedis(s.port) == nil {
-			s.proc, s.exited = cmd.Process, exited
-			return nil
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	_ = cmd.Process.Kill()
-	<-exited
-	return errors.New("redis-server did not answer")
-}
-
-// freePort returns a port in [20000, 32000) that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 100 {
-		p := 20000 + rand.N(12000)
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err == nil {
-			_ = l.Close()
-			return p
-		}
-	}
-	t.Fatal("apptest: no free port")
-	return 0
-}
-
-// pingRedis sends PING to a Redis on port and checks for +PONG.
-func pingRedis(port int) error {
-	c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(port), time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := c.Write([]byte("PING\r\n")); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(line, "+PONG") {
-		return fmt.Errorf("PING answered %q", line)
-	}
-	return nil
+	return redistest.Start(t)
 }
