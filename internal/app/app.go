@@ -22,6 +22,7 @@ import (
 	"github.com/clicktopurchase/approvald/internal/metrics"
 	"github.com/clicktopurchase/approvald/internal/store"
 	"github.com/clicktopurchase/approvald/internal/web"
+	"github.com/clicktopurchase/approvald/internal/webhook"
 	"github.com/clicktopurchase/approvald/push/apns"
 	"github.com/clicktopurchase/approvald/push/fcm"
 	"github.com/clicktopurchase/approvald/realtime"
@@ -42,6 +43,8 @@ type App struct {
 	Metrics *metrics.Metrics
 	// DevMail keeps the mails when no SMTP server is configured.
 	DevMail *mail.Dev
+	// Webhooks sends the webhook outbox; nil without APPROVALD_WEBHOOK_URL.
+	Webhooks *webhook.Dispatcher
 
 	// SweepInterval is how often overdue challenges are expired (default 250 ms).
 	SweepInterval time.Duration
@@ -152,6 +155,12 @@ func New(ctx context.Context, cfg *config.Config, st *store.Store, log *slog.Log
 			CodeFailuresTotal: cfg.CodeFailuresTotal, DeviceRequestsPerMinute: cfg.DeviceRequestsPerMin,
 		})
 	a.Service = svc
+	if cfg.WebhookURL != "" {
+		if a.Webhooks, err = webhook.New(st, webhook.Options{URL: cfg.WebhookURL, Secret: []byte(cfg.WebhookSecret), Log: log, Now: o.now}); err != nil {
+			return nil, fmt.Errorf("APPROVALD_WEBHOOK_URL: %w", err)
+		}
+		st.EnableWebhooks() // from now on changes enqueue their events
+	}
 	m.title = svc.ActionTitle
 	a.HTTP = httpapi.New(svc, a.Hub, httpapi.Options{
 		AllowedOrigins: cfg.AllowedOrigins, TrustedProxies: cfg.TrustedProxies, JWKS: signer.JWKS(),
@@ -254,6 +263,13 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { hubDone <- a.Hub.Run(runCtx) }()
 	sweepDone := make(chan struct{})
 	go func() { defer close(sweepDone); a.sweep(runCtx) }()
+	webhooksDone := make(chan struct{})
+	go func() {
+		defer close(webhooksDone)
+		if a.Webhooks != nil {
+			a.Webhooks.Run(runCtx)
+		}
+	}()
 
 	srv := &http.Server{Handler: a.HTTP.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second,
 		ErrorLog: slog.NewLogLogger(a.Log.Handler(), slog.LevelWarn)}
@@ -277,6 +293,7 @@ func (a *App) Serve(ctx context.Context, ln net.Listener) error {
 	stopRun()
 	<-hubDone
 	<-sweepDone
+	<-webhooksDone
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

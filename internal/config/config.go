@@ -44,6 +44,12 @@ type Config struct {
 	MailFrom           string
 	Brand              string
 
+	// WebhookURL receives the events (see the protocol's Webhooks);
+	// webhooks are off when it is empty. WebhookSecret signs them: never
+	// log it (nor a Config as a whole).
+	WebhookURL    string
+	WebhookSecret string
+
 	// Demo serves the demo site, phone and mailbox under /demo/ (the
 	// --demo flag of serve, or APPROVALD_DEMO=1). Never in production.
 	Demo bool
@@ -88,6 +94,8 @@ var Settings = []Setting{
 	{"APPROVALD_SMTP_URL", "(none)", "`smtp://user:pass@host:port` (STARTTLS when offered) or `smtps://...` (TLS from the start). Without it mails go to the log and the development mailbox."},
 	{"APPROVALD_MAIL_FROM", "approvald <no-reply@localhost>", "The From address of mails."},
 	{"APPROVALD_BRAND", "clicktopurchase", "The name in mail subjects and pages."},
+	{"APPROVALD_WEBHOOK_URL", "(none)", "Where events (`challenge.approved`, `device.linked`, ...) are POSTed, signed, retried for 24 hours. `https://` (plain `http://` only for `localhost`, `127.0.0.1` or `[::1]`); webhooks are off without it."},
+	{"APPROVALD_WEBHOOK_SECRET", "(none)", "The HMAC-SHA256 key of the `Approvald-Signature` header, at least 16 bytes (use 32 random ones); required with `APPROVALD_WEBHOOK_URL`. Never logged."},
 	{"APPROVALD_DEMO", "(off)", "`1` (or `approvald serve --demo`) also serves the demo site, the in-browser phone and the development mailbox under `/demo/`, with an API key made at start. Never in production: `/demo/mail` shows live email links."},
 	{"APPROVALD_LOG_FORMAT", "text", "`text` or `json`."},
 	{"APPROVALD_LOG_LEVEL", "info", "`debug`, `info`, `warn` or `error`."},
@@ -169,6 +177,20 @@ func Load(getenv func(string) string) (*Config, error) {
 	c.SMTPURL = get("APPROVALD_SMTP_URL", "")
 	c.MailFrom = get("APPROVALD_MAIL_FROM", "approvald <no-reply@localhost>")
 	c.Brand = get("APPROVALD_BRAND", "clicktopurchase")
+	c.WebhookURL = get("APPROVALD_WEBHOOK_URL", "")
+	c.WebhookSecret = get("APPROVALD_WEBHOOK_SECRET", "")
+	if c.WebhookURL != "" {
+		if err := checkWebhookURL(c.WebhookURL); err != nil {
+			bad("APPROVALD_WEBHOOK_URL", "%v", err)
+		}
+		switch {
+		case c.WebhookSecret == "":
+			bad("APPROVALD_WEBHOOK_SECRET", "is required with APPROVALD_WEBHOOK_URL")
+		case len(c.WebhookSecret) < 16:
+			// Never the value itself in an error.
+			bad("APPROVALD_WEBHOOK_SECRET", "must be at least 16 bytes long, got %d", len(c.WebhookSecret))
+		}
+	}
 	switch d := strings.ToLower(get("APPROVALD_DEMO", "0")); d {
 	case "1", "true", "yes", "on":
 		c.Demo = true
@@ -250,6 +272,30 @@ func Load(getenv func(string) string) (*Config, error) {
 		return nil, errors.Join(errs...)
 	}
 	return c, nil
+}
+
+// checkWebhookURL accepts an absolute https URL, or http for a loopback
+// host (localhost, 127.0.0.1, ::1). Its error never repeats the URL, which
+// may carry credentials.
+func checkWebhookURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" || u.Hostname() == "" || u.Opaque != "" {
+		return errors.New("must be an absolute https URL")
+	}
+	if u.Fragment != "" {
+		return errors.New("must not have a fragment")
+	}
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		switch strings.ToLower(u.Hostname()) {
+		case "localhost", "127.0.0.1", "::1":
+			return nil
+		}
+		return fmt.Errorf("must be https (plain http only for localhost, 127.0.0.1 or [::1]), got http for host %q", u.Hostname())
+	}
+	return fmt.Errorf("must be an https URL, got scheme %q", u.Scheme)
 }
 
 func splitHostPort(addr string) (string, int, error) {

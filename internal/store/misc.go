@@ -343,7 +343,7 @@ func (s *Store) writeAudit(ctx context.Context, tx *sqlx.Tx, e approval.AuditEnt
 	if err != nil {
 		return fmt.Errorf("store: audit %s: %w", e.Event, err)
 	}
-	return nil
+	return s.enqueueWebhook(ctx, tx, e) // the webhook outbox, when on: same transaction
 }
 
 // Purge deletes what has outlived its use at now: replay entries,

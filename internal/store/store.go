@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -56,6 +57,8 @@ type Store struct {
 	// (which may starve one waiter until busy_timeout). Other processes
 	// sharing the file still wait on busy_timeout. nil for PostgreSQL.
 	writeGate chan struct{}
+	// webhooks: writeAudit also enqueues webhook events (EnableWebhooks).
+	webhooks atomic.Bool
 }
 
 var _ approval.Store = (*Store)(nil)
