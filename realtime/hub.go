@@ -39,15 +39,16 @@ type Options struct {
 	PongWait time.Duration
 	// WriteWait bounds every write to a socket (DefaultWriteWait).
 	WriteWait time.Duration
-	// SafetyResync is how often every watched object is re-read from the
-	// database even while the broker is connected (DefaultSafetyResync):
-	// a frame lost without an error (an instance that died between its
-	// write and its publish) then reaches its watchers late, not never.
-	SafetyResync time.Duration
 }
 
-// DefaultSafetyResync is the default Options.SafetyResync.
+// DefaultSafetyResync is how often Run re-reads every watched object from
+// the database even while the broker is connected: a frame lost without
+// an error (an instance that died between its write and its publish) then
+// reaches its watchers late, not never. SetSafetyResync changes it.
 const DefaultSafetyResync = 30 * time.Second
+
+// SetSafetyResync sets the interval of the safety re-read (before Run).
+func (h *Hub) SetSafetyResync(d time.Duration) { h.safetyResync.Store(int64(d)) }
 
 func (o Options) withDefaults() Options {
 	if o.PingInterval <= 0 {
@@ -59,15 +60,14 @@ func (o Options) withDefaults() Options {
 	if o.WriteWait <= 0 {
 		o.WriteWait = DefaultWriteWait
 	}
-	if o.SafetyResync <= 0 {
-		o.SafetyResync = DefaultSafetyResync
-	}
+
 	return o
 }
 
 // Hub holds this instance's watchers, indexed by object key, and connects
 // them to the Broker and the Loader.
 type Hub struct {
+	safetyResync atomic.Int64 // nanoseconds; 0 means DefaultSafetyResync
 	// Options tunes the watch sockets; set it before the first Serve.
 	Options Options
 
@@ -141,7 +141,11 @@ func (h *Hub) Run(ctx context.Context) error {
 	rctx, stop := context.WithCancel(ctx)
 	wg.Go(func() { h.republishLoop(rctx) })
 	wg.Go(func() {
-		t := time.NewTicker(h.Options.withDefaults().SafetyResync)
+		every := time.Duration(h.safetyResync.Load())
+		if every <= 0 {
+			every = DefaultSafetyResync
+		}
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {

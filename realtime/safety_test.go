@@ -20,7 +20,7 @@ func TestSafetyResyncFindsUnpublishedChange(t *testing.T) {
 		return state, nil
 	}
 	h := NewHub(NewMemoryBroker(), load, slog.New(slog.DiscardHandler))
-	h.Options.SafetyResync = 50 * time.Millisecond
+	h.SetSafetyResync(50 * time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go h.Run(ctx)

@@ -133,11 +133,11 @@ func (s *Service) pushChallenge(c *Challenge, devices []Device) (state string, p
 	run.mu.Lock()
 	defer run.mu.Unlock()
 	run.reported = true
+	// A device reports its first verdict only when a provider accepted the
+	// push or refused it for good (a retry is no verdict): with every
+	// verdict in and none accepted, every device refused.
 	switch {
 	case polling || run.delivered || run.firstLeft > 0:
-		run.answered = DeliverySent
-	case run.outstanding > 0:
-		// Every device refused its first attempt but some are retrying.
 		run.answered = DeliverySent
 	default:
 		run.answered = DeliveryFailed

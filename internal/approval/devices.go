@@ -242,7 +242,7 @@ func (s *Service) LinkDevice(ctx context.Context, ip string, req LinkDeviceReque
 	s.publishEnrollment(ctx, res.Enrollment)
 	// The retired devices hear it first, then stop receiving pushes.
 	s.pushSilent(res.Retired, push.Message{Kind: push.KindRetired})
-	s.noticeNewDevice(res.Enrollment, dev)
+	s.noticeNewDevice(ctx, res.Enrollment, dev)
 	return &LinkedDevice{DeviceID: dev.ID, UserID: dev.UserID, Audience: s.rules.PublicURL}, nil
 }
 

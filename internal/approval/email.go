@@ -298,22 +298,23 @@ func (s *Service) undoDeviceLink(ctx context.Context, a Actor, token string, p *
 
 // noticeNewDevice mails the new-device notice with its "This wasn't me"
 // link, when an address is known for the user.
-func (s *Service) noticeNewDevice(e *Enrollment, d *Device) {
+func (s *Service) noticeNewDevice(ctx context.Context, e *Enrollment, d *Device) {
 	if s.mailer == nil {
 		return
 	}
-	s.goBackground(func(ctx context.Context) {
-		to := e.UserEmail
-		if to == "" {
-			var err error
-			if to, err = s.store.UserEmail(ctx, d.UserID); err != nil {
-				s.log.Error("new-device notice: user email", "err", err)
-				return
-			}
-		}
-		if to == "" {
+	// The address known when the device linked, not one learned later.
+	to := e.UserEmail
+	if to == "" {
+		var err error
+		if to, err = s.store.UserEmail(ctx, d.UserID); err != nil {
+			s.log.Error("new-device notice: user email", "err", err)
 			return
 		}
+	}
+	if to == "" {
+		return
+	}
+	s.goBackground(func(ctx context.Context) {
 		now := s.clock()
 		token := auth.NewSecret("")
 		l := EmailLink{Hash: auth.HashSecret(token), Kind: LinkDevice, DeviceID: d.ID, UserID: d.UserID, CreatedAt: now, ExpiresAt: now.Add(DeviceLinkLife)}

@@ -34,10 +34,19 @@ func randomBytes(n int) []byte {
 	return b
 }
 
-// NewID returns a new object id: 16 crypto-random bytes (128 bits) in
-// unpadded base64url, 22 characters. Used for every object id.
+// NewID returns a new object id: 17 crypto-random bytes in unpadded
+// base64url, 23 characters. Used for every object id.
+//
+// IDs carry 17 random bytes and never begin with '-' or '_': an id that
+// looks like a flag (approve-device approve -x…) or is easy to mis-select
+// is drawn again, which keeps well over 128 bits of randomness.
 func NewID() string {
-	return base64.RawURLEncoding.EncodeToString(randomBytes(16))
+	for {
+		id := base64.RawURLEncoding.EncodeToString(randomBytes(17))
+		if id[0] != '-' && id[0] != '_' {
+			return id
+		}
+	}
 }
 
 // NewSecret returns prefix followed by 32 crypto-random bytes (256 bits) in

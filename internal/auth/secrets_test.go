@@ -10,11 +10,14 @@ func TestNewID(t *testing.T) {
 	seen := map[string]bool{}
 	for i := 0; i < 1000; i++ {
 		id := NewID()
-		if len(id) != 22 {
+		if id[0] == '-' || id[0] == '_' {
+			t.Fatalf("id %q begins with %q", id, id[0])
+		}
+		if len(id) != 23 {
 			t.Fatalf("len(%q) = %d", id, len(id))
 		}
 		b, err := base64.RawURLEncoding.DecodeString(id)
-		if err != nil || len(b) != 16 {
+		if err != nil || len(b) != 17 {
 			t.Fatalf("%q: %v, %d bytes", id, err, len(b))
 		}
 		if seen[id] {
