@@ -116,16 +116,11 @@ type APNs struct {
 
 	conns atomic.Int64
 
-	mu        sync.Mutex
-	changed   chan struct{}
-	msgs      []APNsMessage
-	count     int
-	record    bool
-	failNext  []scripted[apnsFailure]
-	failToken map[string]apnsFailure
-	hang      time.Duration
-	keys      map[string]apnsKey // key id -> key
-	verified  map[string]verifiedBearer
+	script *script[apnsFailure, APNsMessage]
+
+	mu       sync.Mutex
+	keys     map[string]apnsKey // key id -> key
+	verified map[string]verifiedBearer
 }
 
 // NewAPNs starts a fake APNs on 127.0.0.1 and a free port. Close it when done.
@@ -143,14 +138,12 @@ func NewAPNs() (*APNs, error) {
 		return nil, err
 	}
 	a := &APNs{
-		url:       "https://" + ln.Addr().String(),
-		done:      make(chan struct{}),
-		ca:        ca,
-		changed:   make(chan struct{}),
-		record:    true,
-		failToken: make(map[string]apnsFailure),
-		keys:      make(map[string]apnsKey),
-		verified:  make(map[string]verifiedBearer),
+		url:      "https://" + ln.Addr().String(),
+		done:     make(chan struct{}),
+		ca:       ca,
+		script:   newScript[apnsFailure, APNsMessage](),
+		keys:     make(map[string]apnsKey),
+		verified: make(map[string]verifiedBearer),
 	}
 	var protocols http.Protocols
 	protocols.SetHTTP2(true) // APNs speaks HTTP/2 only
@@ -226,85 +219,44 @@ func (a *APNs) FailNext(n, status int, reason, retryAfter string) {
 	if status == 0 {
 		status = APNsReasonStatus(reason)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.failNext = append(a.failNext, scripted[apnsFailure]{n: n, f: apnsFailure{status, reason, retryAfter}})
+	a.script.queueFailure(n, apnsFailure{status, reason, retryAfter})
 }
 
 // FailToken makes every request for token fail with status and reason
 // (status 0: the status APNs uses for reason) until FailToken(token, -1, "")
 // clears it.
 func (a *APNs) FailToken(token string, status int, reason string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if status < 0 {
-		delete(a.failToken, token)
+		a.script.clearTokenFailure(token)
 		return
 	}
 	if status == 0 {
 		status = APNsReasonStatus(reason)
 	}
-	a.failToken[token] = apnsFailure{status: status, reason: reason}
+	a.script.setTokenFailure(token, apnsFailure{status: status, reason: reason})
 }
 
 // Hang delays every following answer by d (until the client gives up or the
 // fake closes); 0 turns it off.
-func (a *APNs) Hang(d time.Duration) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.hang = d
-}
+func (a *APNs) Hang(d time.Duration) { a.script.setHang(d) }
 
 // SetRecording turns keeping each request's details on (the default) or off
 // (only Count goes on), e.g. for benchmarks.
-func (a *APNs) SetRecording(on bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.record = on
-}
+func (a *APNs) SetRecording(on bool) { a.script.setRecording(on) }
 
 // Reset forgets the recorded requests and every scripted failure and hang
 // (trusted keys stay).
-func (a *APNs) Reset() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.msgs, a.count, a.failNext, a.hang = nil, 0, nil, 0
-	a.failToken = make(map[string]apnsFailure)
-}
+func (a *APNs) Reset() { a.script.reset() }
 
 // Messages returns a copy of the requests received so far.
-func (a *APNs) Messages() []APNsMessage {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return append([]APNsMessage(nil), a.msgs...)
-}
+func (a *APNs) Messages() []APNsMessage { return a.script.messages() }
 
 // Count is how many requests arrived (recorded or not).
-func (a *APNs) Count() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.count
-}
+func (a *APNs) Count() int { return a.script.Count() }
 
 // WaitFor waits until at least n requests have arrived, whatever was
 // answered, or timeout passes. It reports whether they did.
-func (a *APNs) WaitFor(n int, timeout time.Duration) bool {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	for {
-		a.mu.Lock()
-		c, ch := a.count, a.changed
-		a.mu.Unlock()
-		if c >= n {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-t.C:
-			return false
-		}
-	}
-}
+func (a *APNs) WaitFor(n int, timeout time.Duration) bool { return a.script.WaitFor(n, timeout) }
 
 // GenerateP8 writes a fresh P-256 key in Apple's .p8 form (PKCS #8 PEM) to
 // dir/AuthKey_<keyID>.p8 and returns the path, a random 10-character key id
@@ -476,54 +428,18 @@ func (a *APNs) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	a.mu.Lock()
-	hang := a.hang
+	f, failed, hang, idx := a.script.arrive(token, status == 0, func() APNsMessage { return m })
 	var retryAfter string
-	if status == 0 {
-		if f, failed := a.failToken[token]; failed {
-			status, reason = f.status, f.reason
-		} else if len(a.failNext) > 0 {
-			f := a.failNext[0].f
-			status, reason, retryAfter = f.status, f.reason, f.retryAfter
-			if a.failNext[0].n--; a.failNext[0].n <= 0 {
-				a.failNext = a.failNext[1:]
-			}
-		}
+	if failed {
+		status, reason, retryAfter = f.status, f.reason, f.retryAfter
 	}
-	a.count++
-	idx := -1
-	if a.record {
-		a.msgs = append(a.msgs, m)
-		idx = len(a.msgs) - 1
-	}
-	close(a.changed)
-	a.changed = make(chan struct{})
-	a.mu.Unlock()
-
 	setStatus := func(status int, reason string) {
-		if idx < 0 {
-			return
-		}
-		a.mu.Lock()
-		if idx < len(a.msgs) {
-			a.msgs[idx].Status, a.msgs[idx].Reason = status, reason
-		}
-		a.mu.Unlock()
+		a.script.answered(idx, func(m *APNsMessage) { m.Status, m.Reason = status, reason })
 	}
 
-	if hang > 0 {
-		t := time.NewTimer(hang)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			setStatus(499, "")
-			return
-		case <-a.done:
-			t.Stop()
-			setStatus(499, "")
-			return
-		}
+	if !wait(r.Context(), a.done, hang) {
+		setStatus(499, "")
+		return
 	}
 	if status != 0 {
 		setStatus(status, reason)

@@ -114,11 +114,6 @@ type fcmFailure struct {
 	retryAfter string
 }
 
-type scripted[F any] struct {
-	n int
-	f F
-}
-
 // FCM is a fake Firebase Cloud Messaging HTTP v1 server. It serves
 // POST /v1/projects/{project}/messages:send and an OAuth 2.0 token endpoint
 // (POST /token) for service-account credentials whose token_uri points at
@@ -131,14 +126,9 @@ type FCM struct {
 
 	conns atomic.Int64
 
+	script *script[fcmFailure, FCMMessage]
+
 	mu            sync.Mutex
-	changed       chan struct{} // closed and replaced on every new request
-	msgs          []FCMMessage
-	count         int
-	record        bool
-	failNext      []scripted[fcmFailure]
-	failToken     map[string]fcmFailure
-	hang          time.Duration
 	requireAuth   bool
 	accounts      map[string]*rsa.PublicKey // client_email -> key
 	accessTokens  map[string]string         // access token -> client_email
@@ -171,9 +161,7 @@ func newFCM(useTLS bool) (*FCM, error) {
 	f := &FCM{
 		ln:           ln,
 		done:         make(chan struct{}),
-		changed:      make(chan struct{}),
-		record:       true,
-		failToken:    make(map[string]fcmFailure),
+		script:       newScript[fcmFailure, FCMMessage](),
 		accounts:     make(map[string]*rsa.PublicKey),
 		accessTokens: make(map[string]string),
 	}
@@ -237,33 +225,25 @@ func (f *FCM) FailNext(n, status int, code, retryAfter string) {
 	if status == 0 {
 		status = FCMErrorStatus(code)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.failNext = append(f.failNext, scripted[fcmFailure]{n: n, f: fcmFailure{status, code, retryAfter}})
+	f.script.queueFailure(n, fcmFailure{status, code, retryAfter})
 }
 
 // FailToken makes every request for token fail with status and code (status
 // 0: the status FCM uses for code) until FailToken(token, -1, "") clears it.
 func (f *FCM) FailToken(token string, status int, code string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	if status < 0 {
-		delete(f.failToken, token)
+		f.script.clearTokenFailure(token)
 		return
 	}
 	if status == 0 {
 		status = FCMErrorStatus(code)
 	}
-	f.failToken[token] = fcmFailure{status: status, code: code}
+	f.script.setTokenFailure(token, fcmFailure{status: status, code: code})
 }
 
 // Hang delays every following answer by d (until the client gives up or the
 // fake closes); 0 turns it off.
-func (f *FCM) Hang(d time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.hang = d
-}
+func (f *FCM) Hang(d time.Duration) { f.script.setHang(d) }
 
 // RequireAuth makes messages:send answer 401 UNAUTHENTICATED unless the
 // request carries a bearer token issued by the fake's token endpoint.
@@ -275,33 +255,16 @@ func (f *FCM) RequireAuth(on bool) {
 
 // SetRecording turns keeping each request's details on (the default) or off
 // (only Count goes on), e.g. for benchmarks.
-func (f *FCM) SetRecording(on bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.record = on
-}
+func (f *FCM) SetRecording(on bool) { f.script.setRecording(on) }
 
 // Reset forgets the recorded requests and every scripted failure and hang.
-func (f *FCM) Reset() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.msgs, f.count, f.failNext, f.hang = nil, 0, nil, 0
-	f.failToken = make(map[string]fcmFailure)
-}
+func (f *FCM) Reset() { f.script.reset() }
 
 // Messages returns a copy of the messages:send requests received so far.
-func (f *FCM) Messages() []FCMMessage {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]FCMMessage(nil), f.msgs...)
-}
+func (f *FCM) Messages() []FCMMessage { return f.script.messages() }
 
 // Count is how many messages:send requests arrived (recorded or not).
-func (f *FCM) Count() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.count
-}
+func (f *FCM) Count() int { return f.script.Count() }
 
 // TokenRequests is how many access tokens the token endpoint issued.
 func (f *FCM) TokenRequests() int {
@@ -312,23 +275,7 @@ func (f *FCM) TokenRequests() int {
 
 // WaitFor waits until at least n messages:send requests have arrived,
 // whatever was answered, or timeout passes. It reports whether they did.
-func (f *FCM) WaitFor(n int, timeout time.Duration) bool {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	for {
-		f.mu.Lock()
-		c, ch := f.count, f.changed
-		f.mu.Unlock()
-		if c >= n {
-			return true
-		}
-		select {
-		case <-ch:
-		case <-t.C:
-			return false
-		}
-	}
-}
+func (f *FCM) WaitFor(n int, timeout time.Duration) bool { return f.script.WaitFor(n, timeout) }
 
 // WriteServiceAccount writes a service-account credentials file for
 // projectID to dir, with a fresh RSA key and token_uri pointing at this fake,
@@ -459,52 +406,21 @@ func (f *FCM) serveSend(w http.ResponseWriter, r *http.Request) {
 	seq := f.seq
 	_, authenticated := f.accessTokens[bearer]
 	requireAuth := f.requireAuth
-	hang := f.hang
-	failure, failed := f.failToken[m.Token]
-	if !failed && len(f.failNext) > 0 {
-		failure, failed = f.failNext[0].f, true
-		if f.failNext[0].n--; f.failNext[0].n <= 0 {
-			f.failNext = f.failNext[1:]
-		}
-	}
-	f.count++
-	idx := -1
-	if f.record {
-		f.msgs = append(f.msgs, FCMMessage{
+	f.mu.Unlock()
+	failure, failed, hang, idx := f.script.arrive(m.Token, true, func() FCMMessage {
+		return FCMMessage{
 			Project: project, Token: m.Token, Data: m.Data, Message: whole, Raw: req.Message,
 			ValidateOnly: req.ValidateOnly, Header: r.Header.Clone(), Bearer: bearer,
 			Authenticated: authenticated, Received: time.Now(),
-		})
-		idx = len(f.msgs) - 1
-	}
-	close(f.changed)
-	f.changed = make(chan struct{})
-	f.mu.Unlock()
-
+		}
+	})
 	setStatus := func(status int, code string) {
-		if idx < 0 {
-			return
-		}
-		f.mu.Lock()
-		if idx < len(f.msgs) {
-			f.msgs[idx].Status, f.msgs[idx].ErrorCode = status, code
-		}
-		f.mu.Unlock()
+		f.script.answered(idx, func(m *FCMMessage) { m.Status, m.ErrorCode = status, code })
 	}
 
-	if hang > 0 {
-		t := time.NewTimer(hang)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			setStatus(499, "")
-			return
-		case <-f.done:
-			t.Stop()
-			setStatus(499, "")
-			return
-		}
+	if !wait(r.Context(), f.done, hang) {
+		setStatus(499, "")
+		return
 	}
 	switch {
 	case requireAuth && !authenticated:
