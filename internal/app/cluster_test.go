@@ -40,7 +40,7 @@ func startCluster(t testing.TB, n int, redisURL string, opts ...apptest.Option) 
 	}
 	envs := make([]*apptest.Env, n)
 	for i := range envs {
-		envs[i] = apptest.StartStoppable(t, st, opts...)
+		envs[i] = apptest.StartOn(t, st, opts...)
 	}
 	if redisURL != "" {
 		for _, e := range envs {

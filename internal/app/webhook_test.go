@@ -384,7 +384,7 @@ func TestWebhookSurvivesRestart(t *testing.T) {
 		addr := wt.FreeAddr(t) // the receiver is down
 		url := "http://" + addr + "/hooks/approvald"
 		st := storetest.Open(t, dialect)
-		first := apptest.StartStoppable(t, st, hookEnv(url)...)
+		first := apptest.StartOn(t, st, hookEnv(url)...)
 		fastHooks(t, first, func(o *webhook.Options) { o.Backoff, o.MaxBackoff = 300*time.Millisecond, 300*time.Millisecond })
 		id := first.Challenge("u-restart", "login", nil).Str("id")
 		cancel(t, first, id)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ type Env struct {
 	Store  *store.Store
 	t      testing.TB
 	skew   *atomic.Int64 // nanoseconds added to the wall clock
+	stop   *stopper
 }
 
 // Advance moves the instance's clock forward by d (the sweeper follows).
@@ -50,7 +52,9 @@ func Start(t testing.TB, dialect string, opts ...Option) *Env {
 	return StartOn(t, storetest.Open(t, dialect), opts...)
 }
 
-// StartOn runs an instance on st (instances sharing a store share state).
+// StartOn runs an instance on st (instances sharing a store share state)
+// until the test ends or Stop is called; its Redis client, if any, is
+// closed once it has stopped.
 func StartOn(t testing.TB, st *store.Store, opts ...Option) *Env {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -64,31 +68,42 @@ func StartOn(t testing.TB, st *store.Store, opts ...Option) *Env {
 	}
 	cfg, err := config.Load(func(k string) string { return vars[k] })
 	if err != nil {
+		ln.Close()
 		t.Fatal(err)
 	}
 	level := slog.LevelWarn
 	if os.Getenv("APPROVALD_TEST_LOG") != "" {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("instance", url)
 	ctx, cancel := context.WithCancel(context.Background())
 	skew := new(atomic.Int64)
 	a, err := app.New(ctx, cfg, st, log, app.WithClock(func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }))
 	if err != nil {
+		cancel()
+		ln.Close()
 		t.Fatal(err)
 	}
 	a.SweepInterval = 50 * time.Millisecond
 	done := make(chan error, 1)
 	go func() { done <- a.Serve(ctx, ln) }()
+	e := &Env{URL: url, App: a, Store: st, t: t, skew: skew, stop: &stopper{cancel: cancel, done: done, app: a}}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+		if err := e.Stop(); err != nil {
+			t.Errorf("serve %s: %v", url, err)
 		}
 	})
-	e := &Env{URL: url, App: a, Store: st, t: t, skew: skew}
 	e.APIKey = e.NewAPIKey("rp-" + auth.NewID()[:6])
 	return e
+}
+
+// stopper stops one instance once.
+type stopper struct {
+	once   sync.Once
+	cancel context.CancelFunc
+	done   <-chan error
+	app    *app.App
+	err    error
 }
 
 // NewAPIKey makes and returns a live API key named name.

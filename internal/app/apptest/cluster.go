@@ -1,26 +1,16 @@
 package apptest
 
 import (
-	"context"
-	"log/slog"
-	"net"
-	"os"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/clicktopurchase/approvald/internal/app"
-	"github.com/clicktopurchase/approvald/internal/auth"
-	"github.com/clicktopurchase/approvald/internal/config"
-	"github.com/clicktopurchase/approvald/internal/store"
 	"github.com/clicktopurchase/approvald/realtime/redisbroker"
 	"github.com/clicktopurchase/approvald/realtime/redisbroker/redistest"
 	"github.com/gorilla/websocket"
 )
 
-// Several instances in one test: a way to stop one of them early, the
-// shared test Redis, and a redis-server of the test's own that it can kill
+// Several instances in one test: stopping one of them early, the shared
+// test Redis, and a redis-server of the test's own that it can kill
 // and restart.
 
 // DefaultRedisURL is the Redis used when APPROVALD_TEST_REDIS_URL is unset.
@@ -36,74 +26,12 @@ func RedisURL(t testing.TB) string {
 	return redistest.URL(t, func(u string) (redistest.Client, error) { return redisbroker.New(u, nil) })
 }
 
-// stopper stops one instance started by StartStoppable.
-type stopper struct {
-	once   sync.Once
-	cancel context.CancelFunc
-	done   <-chan error
-	app    *app.App
-	err    error
-}
-
-var stoppers sync.Map // *Env → *stopper
-
-// StartStoppable runs an instance on st, like StartOn, that Stop can shut
-// down before the test ends (it is stopped at the end of the test
-// otherwise). Its Redis client, if any, is closed once it has stopped.
-func StartStoppable(t testing.TB, st *store.Store, opts ...Option) *Env {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	url := "http://" + ln.Addr().String()
-	vars := map[string]string{"APPROVALD_PUBLIC_URL": url, "APPROVALD_DATABASE_URL": "sqlite:unused"}
-	for _, o := range opts {
-		o(vars)
-	}
-	cfg, err := config.Load(func(k string) string { return vars[k] })
-	if err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
-	level := slog.LevelWarn
-	if os.Getenv("APPROVALD_TEST_LOG") != "" {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("instance", url)
-	ctx, cancel := context.WithCancel(context.Background())
-	skew := new(atomic.Int64)
-	a, err := app.New(ctx, cfg, st, log, app.WithClock(func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }))
-	if err != nil {
-		cancel()
-		ln.Close()
-		t.Fatal(err)
-	}
-	a.SweepInterval = 50 * time.Millisecond
-	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln) }()
-	e := &Env{URL: url, App: a, Store: st, t: t, skew: skew}
-	stoppers.Store(e, &stopper{cancel: cancel, done: done, app: a})
-	t.Cleanup(func() {
-		if err := e.Stop(); err != nil {
-			t.Errorf("serve %s: %v", url, err)
-		}
-		stoppers.Delete(e)
-	})
-	e.APIKey = e.NewAPIKey("rp-" + auth.NewID()[:6])
-	return e
-}
-
 // Stop shuts the instance down as SIGTERM does (stop accepting, close the
 // watch sockets with 1001, finish the requests in flight) and waits for it;
-// it returns what Serve returned. It is idempotent. Only instances started
-// with StartStoppable can be stopped.
+// it returns what Serve returned. It is idempotent; every instance is
+// stopped this way when its test ends.
 func (e *Env) Stop() error {
-	v, ok := stoppers.Load(e)
-	if !ok {
-		e.t.Fatal("apptest: Stop on an instance not started with StartStoppable")
-	}
-	s := v.(*stopper)
+	s := e.stop
 	s.once.Do(func() {
 		s.cancel()
 		s.err = <-s.done
